@@ -1,0 +1,1 @@
+//! Pitfall analysis of pods, workloads and Services.

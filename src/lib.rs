@@ -1,0 +1,11 @@
+//! sidecar-injector: a Kubernetes mutating admission webhook that injects the Istio sidecar.
+//!
+//! Data flows one way: `server` -> `admission` -> `inject`. The `inject` module is the pure
+//! engine: no I/O, no clock, deterministic. `config` holds the ConfigMap model it runs on.
+#![forbid(unsafe_code)]
+
+pub mod analyze;
+pub mod cli;
+pub mod config;
+pub mod inject;
+pub mod yaml;

@@ -18,6 +18,28 @@ pub struct Sources {
     pub mesh: String,
 }
 
+/// Where `istio-proxy` goes: a native sidecar (an init container with `restartPolicy: Always`,
+/// Kubernetes 1.29+) or a classic container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeMode {
+    Enabled,
+    Disabled,
+    /// Decided from the cluster's kubelet versions by the server; without a cluster, off.
+    Auto,
+}
+
+impl std::str::FromStr for NativeMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "true" => Ok(NativeMode::Enabled),
+            "false" => Ok(NativeMode::Disabled),
+            "auto" => Ok(NativeMode::Auto),
+            other => Err(format!("{other:?} is not a native-sidecar mode; accepted: true, false, auto")),
+        }
+    }
+}
+
 /// One validated, compiled configuration snapshot.
 #[derive(Debug)]
 pub struct Config {}
@@ -32,6 +54,19 @@ impl Config {
     pub fn from_sources(sources: &Sources) -> Result<Config, ConfigError> {
         let _ = sources;
         Ok(Config {})
+    }
+
+    /// The native-sidecar mode from `values.sidecarInjectorWebhook.nativeSidecars`
+    /// (`true`, `false` or `auto`; absent means `auto`, as istiod's default).
+    pub fn native_mode(&self) -> NativeMode {
+        NativeMode::Auto
+    }
+
+    /// Whether the guardrail finding `id` is switched on (all are, unless the `config` key lists
+    /// the id under `findings.disabled`).
+    pub fn finding_enabled(&self, id: &str) -> bool {
+        let _ = id;
+        true
     }
 
     /// Loads a mounted ConfigMap directory holding the files `config`, `values` and `mesh`.

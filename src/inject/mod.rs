@@ -9,7 +9,9 @@ use serde_json::Value;
 
 use crate::config::Config;
 
+pub(crate) mod jobs;
 mod outcome;
+pub(crate) mod probes;
 
 pub use outcome::{Denial, InjectError, Injected, Outcome, Problem, SkipReason, Workload};
 

@@ -1,0 +1,1 @@
+//! Jobs and CronJobs: a classic sidecar keeps a Job pod from completing.

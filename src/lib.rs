@@ -4,8 +4,12 @@
 //! engine: no I/O, no clock, deterministic. `config` holds the ConfigMap model it runs on.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod analyze;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod inject;
+pub mod metrics;
+pub mod server;
 pub mod yaml;

@@ -1,0 +1,529 @@
+//! AdmissionReview in, AdmissionResponse out; nothing else.
+//!
+//! The review is read as raw JSON and `request.object` is handed to the engine untouched, so a
+//! field that k8s-openapi does not know survives injection (DESIGN.md, "Lossless"). The response
+//! echoes the request's `apiVersion` and `request.uid`, as the API server requires.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use base64::Engine as _;
+use serde_json::{Map, Value, json};
+
+use crate::config::Config;
+use crate::inject::{self, Denial, InjectError, Outcome, Request, SkipReason};
+
+/// The AdmissionReview versions the API server may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiVersion {
+    V1,
+    V1Beta1,
+}
+
+impl ApiVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiVersion::V1 => "admission.k8s.io/v1",
+            ApiVersion::V1Beta1 => "admission.k8s.io/v1beta1",
+        }
+    }
+
+    fn parse(s: &str) -> Option<ApiVersion> {
+        match s {
+            "admission.k8s.io/v1" => Some(ApiVersion::V1),
+            "admission.k8s.io/v1beta1" => Some(ApiVersion::V1Beta1),
+            _ => None,
+        }
+    }
+}
+
+/// Why a body is not an AdmissionReview we can answer. Every variant is the caller's fault
+/// (HTTP 400).
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("the body is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the body is not a JSON object")]
+    NotAnObject,
+    #[error(
+        "`apiVersion` {0:?} is not supported; accepted: admission.k8s.io/v1, admission.k8s.io/v1beta1"
+    )]
+    ApiVersion(String),
+    #[error("`kind` {0:?} is not AdmissionReview")]
+    Kind(String),
+    #[error("the review has no `request` object")]
+    MissingRequest,
+    #[error("`request.uid` is missing, empty or not a string")]
+    MissingUid,
+}
+
+/// One decoded review: the parts we act on, plus the raw object.
+#[derive(Debug, Clone)]
+pub struct Review {
+    pub api_version: ApiVersion,
+    pub uid: String,
+    /// `request.kind.group` and `request.kind.kind` (`""`, `Pod` for what we inject).
+    pub group: String,
+    pub kind: String,
+    /// `CREATE`, `UPDATE`, ...
+    pub operation: String,
+    pub namespace: Option<String>,
+    /// `request.name`; empty for pods whose name the API server generates.
+    pub name: Option<String>,
+    pub dry_run: bool,
+    /// `request.object` exactly as sent (`None` when absent or null, as for DELETE).
+    pub object: Option<Value>,
+}
+
+impl Review {
+    /// Decodes a review from the raw request body.
+    pub fn from_slice(body: &[u8]) -> Result<Review, ReviewError> {
+        let value: Value = serde_json::from_slice(body)?;
+        let Value::Object(mut top) = value else {
+            return Err(ReviewError::NotAnObject);
+        };
+        let version = str_field(&top, "apiVersion").unwrap_or_default();
+        let api_version = ApiVersion::parse(version)
+            .ok_or_else(|| ReviewError::ApiVersion(version.to_owned()))?;
+        match str_field(&top, "kind") {
+            Some("AdmissionReview") => {}
+            other => return Err(ReviewError::Kind(other.unwrap_or_default().to_owned())),
+        }
+        let Some(Value::Object(mut request)) = top.shift_remove("request") else {
+            return Err(ReviewError::MissingRequest);
+        };
+        let uid = match str_field(&request, "uid") {
+            Some(uid) if !uid.is_empty() => uid.to_owned(),
+            _ => return Err(ReviewError::MissingUid),
+        };
+        let kind = request.get("kind");
+        let group = kind
+            .and_then(|k| k.get("group"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let kind = kind
+            .and_then(|k| k.get("kind"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let non_empty = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_owned);
+        let operation = str_field(&request, "operation")
+            .unwrap_or_default()
+            .to_owned();
+        let namespace = non_empty(str_field(&request, "namespace"));
+        let name = non_empty(str_field(&request, "name"));
+        let dry_run = request
+            .get("dryRun")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let object = match request.shift_remove("object") {
+            None | Some(Value::Null) => None,
+            Some(object) => Some(object),
+        };
+        Ok(Review {
+            api_version,
+            uid,
+            group,
+            kind,
+            operation,
+            namespace,
+            name,
+            dry_run,
+            object,
+        })
+    }
+
+    /// The pod's name for logs: `request.name`, else `metadata.name`, else `generateName`.
+    pub fn display_name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let meta = self.object.as_ref().and_then(|o| o.get("metadata"));
+        let field = |key: &str| meta.and_then(|m| m.get(key)).and_then(Value::as_str);
+        match (field("name"), field("generateName")) {
+            (Some(name), _) if !name.is_empty() => name.to_owned(),
+            (_, Some(prefix)) => format!("{prefix}*"),
+            _ => String::new(),
+        }
+    }
+}
+
+fn str_field<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    map.get(key).and_then(Value::as_str)
+}
+
+/// Why a pod is admitted unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pass {
+    /// The engine decided not to inject.
+    Skipped(SkipReason),
+    /// The review is not a pod CREATE (the webhook rules should not send these; we let them
+    /// through rather than inject into something that is not a new pod).
+    NotPodCreate { kind: String, operation: String },
+    /// The review carries no object.
+    NoObject,
+    /// The engine injected, but the pod is already exactly as it would make it (a re-invocation).
+    Unchanged,
+}
+
+impl Pass {
+    /// A stable, low-cardinality name for metric labels and audit annotations.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Pass::Skipped(reason) => reason.label(),
+            Pass::NotPodCreate { .. } => "not_pod_create",
+            Pass::NoObject => "no_object",
+            Pass::Unchanged => "already_injected",
+        }
+    }
+}
+
+/// What the webhook answers for one review.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// `allowed: true`, no patch.
+    Pass(Pass),
+    /// `allowed: true` with a JSON patch and the engine's warnings.
+    Patch {
+        patch: json_patch::Patch,
+        warnings: Vec<String>,
+    },
+    /// `allowed: false` with a message naming every problem.
+    Deny(Denial),
+}
+
+/// A failure of the injector itself: answered with HTTP 500 so `failurePolicy` decides.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    #[error(transparent)]
+    Inject(#[from] InjectError),
+    #[error("the injector failed unexpectedly: {0}")]
+    Panic(String),
+}
+
+impl Decision {
+    /// `injected`, `skipped` or `denied`: the outcome label of metrics and audit annotations.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Decision::Pass(_) => "skipped",
+            Decision::Patch { .. } => "injected",
+            Decision::Deny(_) => "denied",
+        }
+    }
+
+    /// The reason label: the skip reason, or empty.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Decision::Pass(pass) => pass.label(),
+            Decision::Patch { .. } => "",
+            Decision::Deny(_) => "invalid_annotations",
+        }
+    }
+}
+
+/// Runs the engine on one review with one configuration snapshot.
+///
+/// `native_sidecars` is the cluster-wide mode, already resolved by the caller. A panic inside
+/// the engine is caught and reported as an error, so one bad pod never takes a connection down.
+pub fn decide(
+    config: &Config,
+    review: &Review,
+    native_sidecars: bool,
+) -> Result<Decision, AdmitError> {
+    if !review.group.is_empty() || review.kind != "Pod" || review.operation != "CREATE" {
+        return Ok(Decision::Pass(Pass::NotPodCreate {
+            kind: review.kind.clone(),
+            operation: review.operation.clone(),
+        }));
+    }
+    let Some(pod) = &review.object else {
+        return Ok(Decision::Pass(Pass::NoObject));
+    };
+    let request = Request {
+        pod,
+        namespace: review.namespace.as_deref(),
+        workload: None,
+        native_sidecars,
+    };
+    let run = || -> Result<Decision, InjectError> {
+        Ok(match inject::inject(config, &request)? {
+            Outcome::Skipped(reason) => Decision::Pass(Pass::Skipped(reason)),
+            Outcome::Denied(denial) => Decision::Deny(denial),
+            Outcome::Injected(injected) => {
+                let patch = inject::patch(pod, &injected.pod);
+                if patch.0.is_empty() {
+                    Decision::Pass(Pass::Unchanged)
+                } else {
+                    Decision::Patch {
+                        patch,
+                        warnings: injected.warnings,
+                    }
+                }
+            }
+        })
+    };
+    match catch_unwind(AssertUnwindSafe(run)) {
+        Ok(result) => Ok(result?),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic with a non-text payload".to_owned());
+            Err(AdmitError::Panic(message))
+        }
+    }
+}
+
+/// The AdmissionReview that answers `review` with `decision`.
+pub fn response(review: &Review, decision: &Decision) -> Value {
+    let mut resp = Map::new();
+    resp.insert("uid".into(), Value::String(review.uid.clone()));
+    let mut audit = Map::new();
+    audit.insert("outcome".into(), Value::String(decision.outcome().into()));
+    match decision {
+        Decision::Pass(pass) => {
+            resp.insert("allowed".into(), Value::Bool(true));
+            audit.insert("reason".into(), Value::String(pass.label().into()));
+        }
+        Decision::Patch { patch, warnings } => {
+            resp.insert("allowed".into(), Value::Bool(true));
+            resp.insert("patchType".into(), Value::String("JSONPatch".into()));
+            // Serializing a Patch (a list of plain ops over JSON values) cannot fail.
+            let bytes = serde_json::to_vec(patch).unwrap_or_default();
+            let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+            resp.insert("patch".into(), Value::String(encoded));
+            if !warnings.is_empty() {
+                resp.insert("warnings".into(), json!(warnings));
+            }
+        }
+        Decision::Deny(denial) => {
+            resp.insert("allowed".into(), Value::Bool(false));
+            resp.insert(
+                "status".into(),
+                json!({
+                    "status": "Failure",
+                    "code": 403,
+                    "reason": "Forbidden",
+                    "message": denial.to_string(),
+                }),
+            );
+            audit.insert("reason".into(), Value::String(decision.reason().into()));
+        }
+    }
+    resp.insert("auditAnnotations".into(), Value::Object(audit));
+    json!({
+        "apiVersion": review.api_version.as_str(),
+        "kind": "AdmissionReview",
+        "response": resp,
+    })
+}
+
+/// A Kubernetes `Status` body for an HTTP error. `uid` is the review's uid when the review could
+/// be decoded, so the failure can be matched to the API server's request in logs.
+pub fn status(code: u16, reason: &str, message: &str, uid: Option<&str>) -> Value {
+    let mut body = json!({
+        "apiVersion": "v1",
+        "kind": "Status",
+        "status": "Failure",
+        "code": code,
+        "reason": reason,
+        "message": message,
+    });
+    if let (Some(uid), Some(obj)) = (uid, body.as_object_mut()) {
+        obj.insert(
+            "details".into(),
+            json!({"group": "admission.k8s.io", "kind": "AdmissionReview", "uid": uid}),
+        );
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inject::{Injected, Problem};
+
+    fn review_json(api_version: &str, object: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": api_version,
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "operation": "CREATE",
+                "namespace": "default",
+                "object": object,
+                "dryRun": false,
+            }
+        }))
+        .unwrap()
+    }
+
+    fn pod() -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"generateName": "web-7d9-", "annotations": {"a/b": "c"}},
+            "spec": {
+                "containers": [{"name": "app", "image": "nginx", "futureField": {"x": [1, 2]}}],
+                "someNewPodField": true
+            }
+        })
+    }
+
+    #[test]
+    fn decodes_v1_and_keeps_the_object_verbatim() {
+        let review = Review::from_slice(&review_json("admission.k8s.io/v1", pod())).unwrap();
+        assert_eq!(review.api_version, ApiVersion::V1);
+        assert_eq!(review.uid, "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(review.kind, "Pod");
+        assert_eq!(review.operation, "CREATE");
+        assert_eq!(review.namespace.as_deref(), Some("default"));
+        assert_eq!(review.object, Some(pod()));
+        assert_eq!(review.display_name(), "web-7d9-*");
+    }
+
+    #[test]
+    fn decodes_v1beta1_and_echoes_it() {
+        let review = Review::from_slice(&review_json("admission.k8s.io/v1beta1", pod())).unwrap();
+        assert_eq!(review.api_version, ApiVersion::V1Beta1);
+        let out = response(&review, &Decision::Pass(Pass::NoObject));
+        assert_eq!(out["apiVersion"], "admission.k8s.io/v1beta1");
+        assert_eq!(out["kind"], "AdmissionReview");
+        assert_eq!(out["response"]["uid"], review.uid.as_str());
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_review() {
+        let cases: Vec<(&[u8], &str)> = vec![
+            (b"{", "not valid JSON"),
+            (b"[]", "not a JSON object"),
+            (br#"{"apiVersion":"v1","kind":"AdmissionReview"}"#, "apiVersion"),
+            (
+                br#"{"apiVersion":"admission.k8s.io/v1","kind":"Pod"}"#,
+                "not AdmissionReview",
+            ),
+            (
+                br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+                "no `request`",
+            ),
+            (
+                br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":""}}"#,
+                "uid",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = Review::from_slice(body).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "{err:?} should mention {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_null_object_is_no_object() {
+        let review = Review::from_slice(&review_json("admission.k8s.io/v1", Value::Null)).unwrap();
+        assert_eq!(review.object, None);
+        let decision = decide(&Config::embedded(), &review, false).unwrap();
+        assert!(matches!(decision, Decision::Pass(Pass::NoObject)));
+    }
+
+    #[test]
+    fn only_pod_creates_reach_the_engine() {
+        let mut review = Review::from_slice(&review_json("admission.k8s.io/v1", pod())).unwrap();
+        review.operation = "UPDATE".into();
+        let decision = decide(&Config::embedded(), &review, false).unwrap();
+        assert_eq!(decision.reason(), "not_pod_create");
+        review.operation = "CREATE".into();
+        review.kind = "Deployment".into();
+        review.group = "apps".into();
+        let decision = decide(&Config::embedded(), &review, false).unwrap();
+        assert_eq!(decision.reason(), "not_pod_create");
+    }
+
+    #[test]
+    fn a_patch_response_applies_back_to_the_sent_object() {
+        let review = Review::from_slice(&review_json("admission.k8s.io/v1", pod())).unwrap();
+        let before = review.object.clone().unwrap();
+        let mut after = before.clone();
+        after["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .insert(0, json!({"name": "istio-proxy", "image": "proxyv2"}));
+        after["metadata"]["annotations"]["sidecar.istio.io/status"] = json!("{}");
+        let injected = Injected {
+            pod: after.clone(),
+            warnings: vec!["w".into()],
+        };
+        let patch = inject::patch(&before, &injected.pod);
+        let decision = Decision::Patch {
+            patch,
+            warnings: injected.warnings,
+        };
+        let out = response(&review, &decision);
+        let resp = &out["response"];
+        assert_eq!(resp["allowed"], true);
+        assert_eq!(resp["patchType"], "JSONPatch");
+        assert_eq!(resp["warnings"], json!(["w"]));
+        assert_eq!(resp["auditAnnotations"]["outcome"], "injected");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(resp["patch"].as_str().unwrap())
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+        let mut applied = before;
+        json_patch::patch(&mut applied, &patch).unwrap();
+        assert_eq!(applied, after);
+        // The unknown field of the container that moved in the list is still there.
+        assert_eq!(
+            applied["spec"]["containers"][1]["futureField"],
+            json!({"x": [1, 2]})
+        );
+    }
+
+    #[test]
+    fn a_denial_is_not_allowed_and_names_the_annotation() {
+        let review = Review::from_slice(&review_json("admission.k8s.io/v1", pod())).unwrap();
+        let denial = Denial {
+            problems: vec![Problem {
+                annotation: "sidecar.istio.io/interceptionMode".into(),
+                value: "BOGUS".into(),
+                accepted: "accepted: REDIRECT, TPROXY, NONE".into(),
+            }],
+        };
+        let out = response(&review, &Decision::Deny(denial));
+        let resp = &out["response"];
+        assert_eq!(resp["allowed"], false);
+        assert!(resp.get("patch").is_none());
+        assert_eq!(resp["status"]["code"], 403);
+        let message = resp["status"]["message"].as_str().unwrap();
+        assert!(message.contains("sidecar.istio.io/interceptionMode"));
+        assert!(message.contains("BOGUS"));
+    }
+
+    #[test]
+    fn a_skip_is_allowed_without_patch_and_says_why() {
+        let review = Review::from_slice(&review_json("admission.k8s.io/v1", pod())).unwrap();
+        let out = response(
+            &review,
+            &Decision::Pass(Pass::Skipped(SkipReason::HostNetwork)),
+        );
+        let resp = &out["response"];
+        assert_eq!(resp["allowed"], true);
+        assert!(resp.get("patch").is_none());
+        assert!(resp.get("patchType").is_none());
+        assert_eq!(resp["auditAnnotations"]["outcome"], "skipped");
+        assert_eq!(resp["auditAnnotations"]["reason"], "host_network");
+    }
+
+    #[test]
+    fn status_carries_the_uid_when_known() {
+        let with = status(500, "InternalError", "boom", Some("u-1"));
+        assert_eq!(with["details"]["uid"], "u-1");
+        assert_eq!(with["code"], 500);
+        let without = status(400, "BadRequest", "bad", None);
+        assert!(without.get("details").is_none());
+    }
+}

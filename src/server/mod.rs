@@ -1,0 +1,362 @@
+//! The HTTPS admission webhook server: TLS listener, webhook and admin routers, hot reload of
+//! certificate and config, graceful shutdown.
+//!
+//! [`Server::bind`] does everything that can fail on a bad setup (certificate, config, ports)
+//! before anything is served; [`Server::run`] then serves until its shutdown future resolves.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{Config, ConfigError, NativeMode};
+use crate::metrics::Metrics;
+
+pub mod admin;
+pub mod reload;
+pub mod shutdown;
+pub mod state;
+pub mod tls;
+pub mod webhook;
+
+pub use state::{Limits, Shared};
+pub use tls::{CertFiles, TlsError};
+
+use reload::{ConfigDir, ConfigReload};
+use tls::{CertResolver, Reload};
+
+/// Istio's limit on an AdmissionReview body.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
+
+/// hyper closes an HTTP/1 connection whose next request head does not arrive in this time, idle
+/// keep-alive connections included; long enough not to churn the API server's connections.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything `serve` can be told.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The HTTPS webhook address.
+    pub listen: SocketAddr,
+    /// The plain-HTTP admin address (`/healthz`, `/readyz`, `/metrics`); `None` disables it.
+    pub admin_listen: Option<SocketAddr>,
+    pub tls: CertFiles,
+    /// A mounted ConfigMap directory; `None` runs on the embedded default config.
+    pub config_dir: Option<PathBuf>,
+    /// How often the certificate and config files are checked for changes.
+    pub reload_interval: Duration,
+    pub max_body_bytes: usize,
+    /// Longest time to receive a request body.
+    pub read_timeout: Duration,
+    /// Longest time for a client to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// After a shutdown signal: how long to keep serving while reported not ready, so the
+    /// endpoint leaves the Service before the listener closes.
+    pub shutdown_grace: Duration,
+    /// Then: how long open connections get to finish their requests.
+    pub drain_timeout: Duration,
+}
+
+impl Settings {
+    /// Settings with the defaults of the `serve` command.
+    pub fn new(listen: SocketAddr, tls: CertFiles) -> Settings {
+        Settings {
+            listen,
+            admin_listen: None,
+            tls,
+            config_dir: None,
+            reload_interval: Duration::from_secs(5),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            read_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("serving certificate: {0}")]
+    Tls(#[from] TlsError),
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("injection config: {0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A server whose ports are bound and whose certificate and config are loaded.
+pub struct Server {
+    settings: Settings,
+    webhook: TcpListener,
+    admin: Option<TcpListener>,
+    shared: Arc<Shared>,
+    certs: Arc<CertResolver>,
+    config_dir: Option<ConfigDir>,
+    acceptor: TlsAcceptor,
+}
+
+impl Server {
+    /// Loads the certificate and the config and binds the ports; fails on any of them.
+    pub async fn bind(settings: Settings) -> Result<Server, ServerError> {
+        let certs = Arc::new(CertResolver::load(settings.tls.clone())?);
+        let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(certs.clone())?));
+        let (config_dir, config) = match &settings.config_dir {
+            Some(dir) => {
+                let (watch, config) = ConfigDir::load(dir)?;
+                (Some(watch), config)
+            }
+            None => (None, Config::embedded()),
+        };
+        if config.native_mode() == NativeMode::Auto {
+            info!(
+                "nativeSidecars is auto: without cluster access the proxy is injected as a classic container"
+            );
+        }
+        let limits = Limits {
+            max_body_bytes: settings.max_body_bytes,
+            read_timeout: settings.read_timeout,
+        };
+        let shared = Arc::new(Shared::new(config, limits));
+        let webhook = listen(settings.listen).await?;
+        let admin = match settings.admin_listen {
+            Some(addr) => Some(listen(addr).await?),
+            None => None,
+        };
+        Ok(Server {
+            settings,
+            webhook,
+            admin,
+            shared,
+            certs,
+            config_dir,
+            acceptor,
+        })
+    }
+
+    /// The bound webhook address (the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.webhook.local_addr().unwrap_or(self.settings.listen)
+    }
+
+    /// The bound admin address, when enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The state shared with the handlers (config snapshot, metrics, readiness).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then: reports not ready, keeps serving for the grace
+    /// period, stops accepting, and waits up to the drain timeout for open connections.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+        let Server {
+            settings,
+            webhook,
+            admin,
+            shared,
+            certs,
+            config_dir,
+            acceptor,
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let mut background = tokio::task::JoinSet::new();
+        background.spawn(poll_certs(
+            certs,
+            shared.clone(),
+            settings.reload_interval,
+            stop_rx.clone(),
+        ));
+        if let Some(dir) = config_dir {
+            background.spawn(poll_config(
+                dir,
+                shared.clone(),
+                settings.reload_interval,
+                stop_rx.clone(),
+            ));
+        }
+        if let Some(listener) = admin {
+            let router = admin::router(shared.clone());
+            let stopped = stopped(stop_rx.clone());
+            background.spawn(async move {
+                if let Err(err) = axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped)
+                    .await
+                {
+                    error!(error = %err, "admin listener failed");
+                }
+            });
+        }
+
+        let service = TowerToHyperService::new(webhook::router(shared.clone()));
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let graceful = GracefulShutdown::new();
+
+        let grace = settings.shutdown_grace;
+        let flag = shared.clone();
+        let stop_accepting = async move {
+            shutdown.await;
+            flag.set_ready(false);
+            info!(grace = ?grace, "shutdown requested: not ready, still serving");
+            tokio::time::sleep(grace).await;
+        };
+        tokio::pin!(stop_accepting);
+
+        shared.set_ready(true);
+        info!(addr = %webhook.local_addr().unwrap_or(settings.listen), "serving");
+        loop {
+            tokio::select! {
+                () = &mut stop_accepting => break,
+                accepted = webhook.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let conn = serve_connection(
+                            tcp,
+                            acceptor.clone(),
+                            builder.clone(),
+                            service.clone(),
+                            settings.handshake_timeout,
+                        );
+                        let watcher = graceful.watcher();
+                        tokio::spawn(async move {
+                            if let Err(err) = conn(watcher).await {
+                                debug!(%peer, error = %err, "connection ended with an error");
+                            }
+                        });
+                    }
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    Err(err) => {
+                        warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        drop(webhook);
+        info!(timeout = ?settings.drain_timeout, "listener closed, draining connections");
+        match tokio::time::timeout(settings.drain_timeout, graceful.shutdown()).await {
+            Ok(()) => info!("all connections closed"),
+            Err(_) => warn!("connections still open after the drain timeout; closing them"),
+        }
+        let _ = stop_tx.send(true);
+        while background.join_next().await.is_some() {}
+    }
+}
+
+async fn listen(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+type HyperService = TowerToHyperService<axum::Router>;
+type ConnResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// The work for one accepted connection: handshake (bounded in time), then HTTP/1.1 or h2 as
+/// negotiated, watched so shutdown can close it gracefully.
+fn serve_connection(
+    tcp: TcpStream,
+    acceptor: TlsAcceptor,
+    builder: auto::Builder<TokioExecutor>,
+    service: HyperService,
+    handshake_timeout: Duration,
+) -> impl FnOnce(
+    hyper_util::server::graceful::Watcher,
+) -> std::pin::Pin<Box<dyn Future<Output = ConnResult> + Send>> {
+    move |watcher| {
+        Box::pin(async move {
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => return Err(format!("TLS handshake failed: {err}").into()),
+                Err(_) => return Err("TLS handshake timed out".into()),
+            };
+            let conn = builder
+                .serve_connection(TokioIo::new(tls), service)
+                .into_owned();
+            watcher.watch(conn).await
+        })
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Runs `tick` every `interval` until stopped.
+async fn every(interval: Duration, stop: watch::Receiver<bool>, mut tick: impl FnMut()) {
+    let mut timer = tokio::time::interval(interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer.tick().await;
+    let stopped = stopped(stop);
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            () = &mut stopped => return,
+            _ = timer.tick() => tick(),
+        }
+    }
+}
+
+async fn poll_certs(
+    certs: Arc<CertResolver>,
+    shared: Arc<Shared>,
+    interval: Duration,
+    stop: watch::Receiver<bool>,
+) {
+    every(interval, stop, || match certs.reload() {
+        Ok(Reload::Unchanged) => {}
+        Ok(Reload::Swapped) => {
+            info!("serving certificate reloaded");
+            Metrics::reload(&shared.metrics.cert_reloads, true);
+        }
+        Err(err) => {
+            error!(error = %err, "serving certificate not reloaded; the previous one stays in use");
+            Metrics::reload(&shared.metrics.cert_reloads, false);
+        }
+    })
+    .await
+}
+
+async fn poll_config(
+    dir: ConfigDir,
+    shared: Arc<Shared>,
+    interval: Duration,
+    stop: watch::Receiver<bool>,
+) {
+    every(interval, stop, || match dir.reload() {
+        Ok(ConfigReload::Unchanged) => {}
+        Ok(ConfigReload::Changed(config)) => {
+            shared.config.store(Arc::new(config));
+            info!(dir = %dir.path().display(), "injection config reloaded");
+            Metrics::reload(&shared.metrics.config_reloads, true);
+        }
+        Err(err) => {
+            error!(error = %err, "injection config rejected; the previous one stays in force");
+            Metrics::reload(&shared.metrics.config_reloads, false);
+        }
+    })
+    .await
+}

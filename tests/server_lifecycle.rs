@@ -171,6 +171,7 @@ async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
         .args(["--tls-cert", dir.path().join("tls.crt").to_str().unwrap()])
         .args(["--tls-key", dir.path().join("tls.key").to_str().unwrap()])
         .args(["--shutdown-grace", "0", "--log-format", "json"])
+        .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();

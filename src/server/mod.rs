@@ -349,7 +349,7 @@ async fn poll_config(
     every(interval, stop, || match dir.reload() {
         Ok(ConfigReload::Unchanged) => {}
         Ok(ConfigReload::Changed(config)) => {
-            shared.config.store(Arc::new(config));
+            shared.config.store(config);
             info!(dir = %dir.path().display(), "injection config reloaded");
             Metrics::reload(&shared.metrics.config_reloads, true);
         }

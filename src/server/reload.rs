@@ -4,7 +4,7 @@
 //! is updated by a symlink swap that file watches miss.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::config::{Config, ConfigError};
 
@@ -24,7 +24,8 @@ pub struct ConfigDir {
 #[derive(Debug)]
 pub enum ConfigReload {
     Unchanged,
-    Changed(Config),
+    /// Already in the `Arc` the server swaps in.
+    Changed(Arc<Config>),
 }
 
 impl ConfigDir {
@@ -57,7 +58,9 @@ impl ConfigDir {
             return Ok(ConfigReload::Unchanged);
         }
         *seen = now;
-        Ok(ConfigReload::Changed(Config::load_dir(&self.dir)?))
+        Ok(ConfigReload::Changed(Arc::new(Config::load_dir(
+            &self.dir,
+        )?)))
     }
 }
 

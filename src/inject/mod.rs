@@ -4,16 +4,39 @@
 //! arguments, so the same pod and the same [`Config`] always give byte-identical output. The pod
 //! is handled as raw JSON from start to end (see DESIGN.md, "Lossless"): fields this crate does not
 //! know survive injection, even inside a container that moves in the list.
+//!
+//! The pipeline follows istiod's: policy, annotation validation, strip an earlier injection,
+//! render the templates and merge them in, re-apply the user's own containers, Prometheus
+//! merge, probe rewrite, metadata, ordering.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::config::Config;
 
+pub mod annotations;
+mod context;
+mod images;
 pub(crate) mod jobs;
+mod merge;
+mod ordering;
 mod outcome;
+mod overrides;
+pub(crate) mod pod;
+mod policy;
 pub(crate) mod probes;
+mod prometheus;
+mod proxy_config;
+mod quantity;
+mod status;
+mod workload;
 
 pub use outcome::{Denial, InjectError, Injected, Outcome, Problem, SkipReason, Workload};
+pub use policy::IGNORED_NAMESPACES;
+
+use overrides::Overrides;
+
+/// The annotation that picks templates for one pod.
+pub const TEMPLATES_ANNOTATION: &str = "inject.istio.io/templates";
 
 /// What the caller knows about one pod beyond the pod itself.
 #[derive(Debug, Clone, Default)]
@@ -39,12 +62,327 @@ pub struct Request<'a> {
 /// injector itself failed (a template that does not render, a pod that is not an object) and the
 /// caller must not pretend the pod was handled.
 pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError> {
-    let _ = (config, req);
-    Err(InjectError::Pod("engine not built yet".into()))
+    let original = req.pod;
+    check_shape(original)?;
+    let namespace = pod::metadata(original)
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .filter(|ns| !ns.is_empty())
+        .or(req.namespace)
+        .unwrap_or("default");
+
+    if let Some(reason) = policy::skip_reason(&config.injection, original, namespace) {
+        return Ok(Outcome::Skipped(reason));
+    }
+
+    let annotations = pod::annotations(original);
+    let mut problems = annotations::validate(annotations);
+    let templates = selected_templates(config, original, &mut problems);
+    if !problems.is_empty() {
+        return Ok(Outcome::Denied(Denial { problems }));
+    }
+
+    let mut warnings = Vec::new();
+    if let Some((kind, value)) = policy::ambiguous_inject_value(original) {
+        warnings.push(format!(
+            "the {kind} sidecar.istio.io/inject is {value:?}, which is neither \"true\" nor \"false\": the injection policy decided instead"
+        ));
+    }
+
+    // Everything below reads the validated annotations.
+    let values = &config.values;
+    let mesh_status_port = mesh_status_port(config);
+    let proxy_config = proxy_config::effective(&config.mesh, pod::annotation(original, "proxy.istio.io/config"));
+    let interception_mode = pod::annotation(original, "sidecar.istio.io/interceptionMode")
+        .or_else(|| proxy_config.get("interceptionMode").and_then(Value::as_str))
+        .unwrap_or("REDIRECT")
+        .to_string();
+    let status_port = match pod::annotation(original, "status.sidecar.istio.io/port") {
+        Some(p) => p.parse().unwrap_or(0),
+        None => values
+            .pointer("/global/proxy/statusPort")
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(15020),
+    };
+    let job = jobs::job_owner(original);
+    let native = match pod::annotation(original, "sidecar.istio.io/nativeSidecar") {
+        Some(v) => v == "true",
+        None => {
+            req.native_sidecars
+                || (job.is_some()
+                    && values
+                        .pointer("/sidecarInjectorWebhook/nativeSidecarsForJobs")
+                        .and_then(Value::as_bool)
+                        == Some(true))
+        }
+    };
+    let hold = proxy_config
+        .get("holdApplicationUntilProxyStarts")
+        .and_then(Value::as_bool)
+        == Some(true)
+        || values
+            .pointer("/global/proxy/holdApplicationUntilProxyStarts")
+            .and_then(Value::as_bool)
+            == Some(true);
+    let revision = values
+        .get("revision")
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty())
+        .unwrap_or("default")
+        .to_string();
+    let workload = req
+        .workload
+        .clone()
+        .unwrap_or_else(|| workload::of_pod(original));
+
+    // Start from the user's pod, minus what an earlier injection added.
+    let mut p = original.clone();
+    let previous = status::strip(&mut p, mesh_status_port);
+    let saved = Overrides::saved(&p);
+    if let Some(saved) = &saved {
+        saved.reinsert(&mut p);
+    }
+    if native {
+        overrides::move_proxy_to_init_containers(&mut p);
+    }
+
+    let facts = context::Facts {
+        namespace,
+        workload: &workload,
+        native_sidecar: native,
+        hold_application: hold,
+        proxy_config: &proxy_config,
+        status_port,
+        interception_mode: &interception_mode,
+        revision: &revision,
+    };
+    let ctx = context::build(config, &p, &facts);
+    let mut added = status::Added::default();
+    for name in &templates {
+        let fragment = render(config, name, &ctx)?;
+        added.record(fragment.get("spec").and_then(Value::as_object));
+        if let Value::Object(target) = &mut p {
+            merge::merge_into(target, &fragment);
+        }
+    }
+
+    // The user's own versions of injected containers win over the templates'.
+    let injected_names: Vec<&str> = added
+        .init_containers
+        .iter()
+        .chain(&added.containers)
+        .map(String::as_str)
+        .collect();
+    let user = saved.unwrap_or_else(|| Overrides::from_pod(original, &injected_names, &previous));
+    user.apply(&mut p);
+    if let Some(user_proxy) = user.proxy() {
+        overrides::adjust_init_user(&mut p, user_proxy, interception_mode == "TPROXY");
+    }
+
+    let has_proxy = pod::CONTAINER_LISTS
+        .iter()
+        .any(|l| pod::list(&p, l).iter().any(|c| pod::name_of(c) == Some(pod::PROXY)));
+    if has_proxy {
+        match prometheus::apply(&mut p, &config.mesh, mesh_status_port) {
+            Ok(Some(env)) => set_proxy_env(&mut p, status::PROMETHEUS_ENV, env),
+            Ok(None) => {}
+            Err(problem) => return Ok(Outcome::Denied(Denial { problems: vec![problem] })),
+        }
+        let rewrite_default = values
+            .pointer("/sidecarInjectorWebhook/rewriteAppHTTPProbe")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        if probes::rewrite_enabled(pod::annotations(&p), rewrite_default) {
+            let spec = p.get("spec").cloned().unwrap_or(Value::Null);
+            let found = probes::app_probers(&spec, mesh_status_port);
+            let previous_probers = previous.probers.as_deref().filter(|_| previous.injected);
+            if let Some(env) = probes::probers_env(found, previous_probers) {
+                set_proxy_env(&mut p, status::PROBERS_ENV, env);
+            }
+            let rewrite_port = pod::annotation(&p, "status.sidecar.istio.io/port")
+                .map(|s| s.parse().unwrap_or(0))
+                .unwrap_or(mesh_status_port);
+            if let Some(spec) = p.get_mut("spec") {
+                probes::rewrite(spec, rewrite_port);
+            }
+        }
+    }
+
+    user.save(&mut p);
+    if let Some(a) = pod::annotations_mut(&mut p) {
+        a.insert(status::STATUS.into(), Value::from(added.annotation(&revision)));
+        for (k, v) in &config.injection.injected_annotations {
+            a.insert(k.clone(), Value::from(v.as_str()));
+        }
+    }
+    ordering::reorder(&mut p, native, hold);
+    drop_added_empty_lists(original, &mut p);
+
+    if let Some(owner) = &job
+        && !native
+    {
+        warnings.push(jobs::job_warning(owner));
+    }
+    Ok(Outcome::Injected(Injected { pod: p, warnings }))
 }
 
 /// The RFC 6902 patch that turns `before` into `after`: a plain structural diff of the raw
 /// objects, so applying it to the object the API server sent gives exactly `after`.
 pub fn patch(before: &Value, after: &Value) -> json_patch::Patch {
     json_patch::diff(before, after)
+}
+
+/// A word for the JSON type of a value, for error messages.
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// The engine reads and writes these parts of the pod; anything else may hold anything.
+fn check_shape(p: &Value) -> Result<(), InjectError> {
+    let bad = |what: &str, v: &Value| {
+        Err(InjectError::Pod(format!("{what} must be {}, found {}", match what {
+            "the pod" | "metadata" | "metadata.annotations" | "metadata.labels" | "spec" => "a mapping",
+            _ => "a list",
+        }, json_kind(v))))
+    };
+    if !p.is_object() {
+        return bad("the pod", p);
+    }
+    for (path, what, want_object) in [
+        ("/metadata", "metadata", true),
+        ("/metadata/annotations", "metadata.annotations", true),
+        ("/metadata/labels", "metadata.labels", true),
+        ("/spec", "spec", true),
+        ("/spec/containers", "spec.containers", false),
+        ("/spec/initContainers", "spec.initContainers", false),
+        ("/spec/volumes", "spec.volumes", false),
+    ] {
+        match p.pointer(path) {
+            None | Some(Value::Null) => {}
+            Some(v) if want_object && v.is_object() => {}
+            Some(v) if !want_object && v.is_array() => {}
+            Some(v) => return bad(what, v),
+        }
+    }
+    Ok(())
+}
+
+/// The templates a pod asks for (`inject.istio.io/templates`), or the defaults.
+fn selected_templates(config: &Config, p: &Value, problems: &mut Vec<Problem>) -> Vec<String> {
+    let requested: Vec<&str> = match pod::annotation(p, TEMPLATES_ANNOTATION) {
+        Some(list) => list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect(),
+        None => Vec::new(),
+    };
+    let requested = if requested.is_empty() {
+        config.injection.default_templates.iter().map(String::as_str).collect()
+    } else {
+        requested
+    };
+    match config.injection.expand(requested, &config.templates) {
+        Ok(names) => names.into_iter().map(str::to_string).collect(),
+        Err(unknown) => {
+            let mut have: Vec<String> = config.templates.names().to_vec();
+            have.extend(config.injection.aliases.keys().map(|a| format!("{a} (alias)")));
+            problems.push(Problem {
+                annotation: TEMPLATES_ANNOTATION.into(),
+                value: pod::annotation(p, TEMPLATES_ANNOTATION).unwrap_or("").into(),
+                accepted: format!(
+                    "unknown template {}; the templates that exist are: {}",
+                    unknown.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", "),
+                    have.join(", ")
+                ),
+            });
+            Vec::new()
+        }
+    }
+}
+
+/// Renders one template and reads its output as a partial pod.
+fn render(config: &Config, name: &str, ctx: &minijinja::Value) -> Result<Map<String, Value>, InjectError> {
+    let text = config
+        .templates
+        .render(name, ctx)
+        .map_err(|e| InjectError::Render {
+            template: name.to_string(),
+            message: render_error(&e),
+        })?;
+    match crate::yaml::parse_one(&text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(Value::Null) => Ok(Map::new()),
+        Ok(other) => Err(InjectError::Fragment {
+            template: name.to_string(),
+            message: format!("expected a mapping with metadata and spec, found {}", json_kind(&other)),
+        }),
+        Err(e) => Err(InjectError::Fragment {
+            template: name.to_string(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+fn render_error(e: &minijinja::Error) -> String {
+    match e.line() {
+        Some(line) => format!("line {line}: {e:#}"),
+        None => e.to_string(),
+    }
+}
+
+fn mesh_status_port(config: &Config) -> u16 {
+    config
+        .mesh
+        .pointer("/defaultConfig/statusPort")
+        .and_then(Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(15020)
+}
+
+/// Sets (or replaces) an env var on `istio-proxy`, wherever it is.
+fn set_proxy_env(p: &mut Value, name: &str, value: String) {
+    for field in pod::CONTAINER_LISTS {
+        let Some(proxy) = p
+            .get_mut("spec")
+            .and_then(|s| s.get_mut(field))
+            .and_then(Value::as_array_mut)
+            .and_then(|l| l.iter_mut().find(|c| pod::name_of(c) == Some(pod::PROXY)))
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        let env = proxy
+            .entry("env")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Some(env) = env.as_array_mut() {
+            let entry = serde_json::json!({"name": name, "value": value});
+            match env.iter_mut().find(|e| pod::name_of(e) == Some(name)) {
+                Some(existing) => *existing = entry,
+                None => env.push(entry),
+            }
+        }
+        return;
+    }
+}
+
+/// Lists the injection created empty (a template's `initContainers: []`) are not written into a
+/// pod that did not have them.
+fn drop_added_empty_lists(original: &Value, p: &mut Value) {
+    let had = |field: &str| original.get("spec").and_then(|s| s.get(field)).is_some();
+    let missing: Vec<&str> = ["initContainers", "containers", "volumes", "imagePullSecrets"]
+        .into_iter()
+        .filter(|f| !had(f))
+        .collect();
+    if let Some(spec) = p.get_mut("spec").and_then(Value::as_object_mut) {
+        for field in missing {
+            if spec.get(field).and_then(Value::as_array).is_some_and(Vec::is_empty) {
+                spec.shift_remove(field);
+            }
+        }
+    }
 }

@@ -1,0 +1,361 @@
+//! Validation of the injection annotations (istiod's `validate.go` table, plus ours). Every
+//! problem becomes part of one denial that names the annotation, its value and what is accepted.
+
+use std::net::IpAddr;
+
+use serde_json::{Map, Value};
+
+use super::{Problem, quantity};
+
+/// The annotation holding the app URL whose answers hold back the proxy's exit.
+pub const DRAIN_URL: &str = "sidecar.istio.io/drainUntilUnready";
+/// The upper bound, in seconds, of that wait.
+pub const DRAIN_TIMEOUT: &str = "sidecar.istio.io/drainTimeoutSeconds";
+
+type Check = fn(&str) -> Result<(), String>;
+
+/// Each validated annotation with its check. The check's error says what is accepted.
+const CHECKS: &[(&str, Check)] = &[
+    ("sidecar.istio.io/interceptionMode", interception_mode),
+    ("status.sidecar.istio.io/port", port),
+    ("readiness.status.sidecar.istio.io/initialDelaySeconds", uint32),
+    ("readiness.status.sidecar.istio.io/periodSeconds", uint32),
+    ("readiness.status.sidecar.istio.io/failureThreshold", uint32),
+    ("traffic.sidecar.istio.io/includeOutboundIPRanges", include_ip_ranges),
+    ("traffic.sidecar.istio.io/excludeOutboundIPRanges", exclude_ip_ranges),
+    ("traffic.sidecar.istio.io/includeInboundPorts", include_inbound_ports),
+    ("traffic.sidecar.istio.io/excludeInboundPorts", port_list),
+    ("traffic.sidecar.istio.io/excludeOutboundPorts", port_list),
+    ("traffic.sidecar.istio.io/includeOutboundPorts", port_list),
+    ("traffic.sidecar.istio.io/excludeInterfaces", interfaces),
+    ("traffic.sidecar.istio.io/kubevirtInterfaces", interfaces),
+    ("istio.io/reroute-virtual-interfaces", interfaces),
+    ("prometheus.istio.io/merge-metrics", parse_bool_check),
+    ("proxy.istio.io/config", proxy_config),
+    ("sidecar.istio.io/proxyCPU", resource_quantity),
+    ("sidecar.istio.io/proxyMemory", resource_quantity),
+    ("sidecar.istio.io/proxyCPULimit", resource_quantity),
+    ("sidecar.istio.io/proxyMemoryLimit", resource_quantity),
+    ("sidecar.istio.io/nativeSidecar", true_or_false),
+    ("sidecar.istio.io/userVolume", json_map),
+    ("sidecar.istio.io/userVolumeMount", json_map),
+    ("proxy.istio.io/overrides", overrides),
+    ("sidecar.istio.io/status", status),
+    (DRAIN_URL, drain_url),
+    (DRAIN_TIMEOUT, drain_timeout),
+];
+
+/// Every problem with the pod's annotations, in the table's order.
+pub(crate) fn validate(annotations: Option<&Map<String, Value>>) -> Vec<Problem> {
+    let Some(annotations) = annotations else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    for (name, check) in CHECKS {
+        let Some(value) = annotations.get(*name) else {
+            continue;
+        };
+        let result = match value.as_str() {
+            Some(text) => check(text),
+            None => Err("annotation values must be strings".to_string()),
+        };
+        if let Err(accepted) = result {
+            problems.push(Problem {
+                annotation: (*name).to_string(),
+                value: value.as_str().map_or_else(|| value.to_string(), str::to_string),
+                accepted,
+            });
+        }
+    }
+    problems
+}
+
+/// Go's `strconv.ParseBool`, which istiod uses for boolean annotations.
+pub(crate) fn parse_bool(text: &str) -> Option<bool> {
+    match text {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_bool_check(text: &str) -> Result<(), String> {
+    parse_bool(text)
+        .map(|_| ())
+        .ok_or_else(|| "accepted: true or false (also 1, t, T, TRUE, True, 0, f, F, FALSE, False)".into())
+}
+
+fn true_or_false(text: &str) -> Result<(), String> {
+    match text {
+        "true" | "false" => Ok(()),
+        _ => Err("accepted: \"true\" or \"false\"".into()),
+    }
+}
+
+fn interception_mode(text: &str) -> Result<(), String> {
+    match text {
+        "REDIRECT" | "TPROXY" | "NONE" => Ok(()),
+        _ => Err("accepted: REDIRECT, TPROXY, NONE".into()),
+    }
+}
+
+fn port(text: &str) -> Result<(), String> {
+    text.parse::<u16>()
+        .map(|_| ())
+        .map_err(|_| "accepted: a port number from 0 to 65535 (0 turns the proxy's probes off)".into())
+}
+
+fn uint32(text: &str) -> Result<(), String> {
+    text.parse::<u32>()
+        .map(|_| ())
+        .map_err(|_| "accepted: a whole number of seconds or attempts (0 to 4294967295)".into())
+}
+
+fn cidr(item: &str) -> bool {
+    let Some((ip, bits)) = item.split_once('/') else {
+        return false;
+    };
+    let Ok(ip) = ip.parse::<IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    bits.parse::<u8>().is_ok_and(|b| b <= max)
+}
+
+fn cidr_list(text: &str) -> Result<(), String> {
+    for item in text.split(',') {
+        let item = item.trim();
+        if !cidr(item) {
+            return Err(format!(
+                "{item:?} is not a CIDR; accepted: a comma-separated list of CIDRs such as 10.0.0.0/8,fd00::/8"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn include_ip_ranges(text: &str) -> Result<(), String> {
+    if text.is_empty() || text == "*" {
+        return Ok(());
+    }
+    cidr_list(text).map_err(|e| format!("{e}, or \"*\" for all, or empty for none"))
+}
+
+fn exclude_ip_ranges(text: &str) -> Result<(), String> {
+    if text.is_empty() {
+        return Ok(());
+    }
+    if text.trim() == "*" {
+        return Err("\"*\" would exclude all traffic; accepted: a comma-separated list of CIDRs, or empty".into());
+    }
+    cidr_list(text)
+}
+
+fn port_list(text: &str) -> Result<(), String> {
+    for item in text.split(',') {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        if item.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!(
+                "{item:?} is not a port; accepted: a comma-separated list of port numbers from 1 to 65535"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn include_inbound_ports(text: &str) -> Result<(), String> {
+    if text.trim() == "*" {
+        return Ok(());
+    }
+    port_list(text).map_err(|e| format!("{e}, or \"*\" for all"))
+}
+
+fn interfaces(text: &str) -> Result<(), String> {
+    for item in text.split(',') {
+        let item = item.trim();
+        let valid_chars = item.chars().enumerate().all(|(i, c)| {
+            if i == 0 {
+                c.is_ascii_alphabetic()
+            } else {
+                c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+            }
+        });
+        if item.is_empty() || item.len() > 15 || !valid_chars {
+            return Err(format!(
+                "{item:?} is not an interface name; accepted: a comma-separated list of names that start with a letter, hold only letters, digits, '_', '.', '-', and have at most 15 characters"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn resource_quantity(text: &str) -> Result<(), String> {
+    quantity::validate(text).map_err(|e| e.0)
+}
+
+fn json_map(text: &str) -> Result<(), String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) if map.values().all(Value::is_object) => Ok(()),
+        _ => Err("accepted: a JSON object mapping each name to its specification, e.g. {\"data\":{\"emptyDir\":{}}}".into()),
+    }
+}
+
+fn overrides(text: &str) -> Result<(), String> {
+    let accepted = "this annotation is written by the injector; accepted: JSON {\"containers\":[...],\"initContainers\":[...]}";
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map))
+            if map
+                .iter()
+                .all(|(k, v)| matches!(k.as_str(), "containers" | "initContainers") && v.is_array()) =>
+        {
+            Ok(())
+        }
+        _ => Err(accepted.into()),
+    }
+}
+
+/// The status annotation is ours; a broken one cannot say what to strip. istiod logs it and
+/// strips nothing, which then injects a second proxy next to the first; refusing is safer.
+fn status(text: &str) -> Result<(), String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(_)) => Ok(()),
+        _ => Err("this annotation is written by the injector and must be the JSON object it wrote; remove it to inject afresh".into()),
+    }
+}
+
+/// The ProxyConfig fields the injector itself reads must have the right type; the rest is
+/// passed to the proxy, which validates it.
+fn proxy_config(text: &str) -> Result<(), String> {
+    let value = crate::yaml::parse_one(text)
+        .map_err(|e| format!("not YAML or JSON ({}); accepted: a ProxyConfig mapping, e.g. {{\"holdApplicationUntilProxyStarts\": true}}", e.message))?;
+    let Value::Object(map) = value else {
+        return Err("accepted: a ProxyConfig mapping, e.g. {\"holdApplicationUntilProxyStarts\": true}".into());
+    };
+    for (key, v) in &map {
+        let (ok, expected) = match key.as_str() {
+            "holdApplicationUntilProxyStarts" => (v.is_boolean(), "true or false"),
+            "interceptionMode" => (
+                v.as_str().is_some_and(|m| interception_mode(m).is_ok()),
+                "REDIRECT, TPROXY or NONE",
+            ),
+            "statusPort" | "proxyAdminPort" => (
+                v.as_u64().is_some_and(|p| p <= 65535),
+                "a port number from 0 to 65535",
+            ),
+            "concurrency" => (v.as_u64().is_some(), "a whole number"),
+            "proxyMetadata" => (
+                v.as_object().is_some_and(|m| m.values().all(Value::is_string)),
+                "a mapping of names to string values",
+            ),
+            "image" => (v.is_object(), "a mapping such as {imageType: distroless}"),
+            _ => (true, ""),
+        };
+        if !ok {
+            return Err(format!("field {key:?} is {v}; accepted: {expected}"));
+        }
+    }
+    Ok(())
+}
+
+fn drain_url(text: &str) -> Result<(), String> {
+    let accepted = "accepted: an http:// URL of the application on localhost, e.g. http://localhost:8080/ready, made of letters, digits and -._~:/?#[]@+,=%";
+    let Some(rest) = text.strip_prefix("http://") else {
+        return Err(accepted.into());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => host,
+        Some(_) => return Err(accepted.into()),
+        None => authority,
+    };
+    // The URL is run by the hook's shell: only characters a URL needs, none the shell reads.
+    let safe = text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-._~:/?#[]@+,=%".contains(c));
+    if matches!(host, "localhost" | "127.0.0.1" | "[::1]") && safe {
+        Ok(())
+    } else {
+        Err(accepted.into())
+    }
+}
+
+fn drain_timeout(text: &str) -> Result<(), String> {
+    match text.parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(()),
+        _ => Err("accepted: a whole number of seconds, at least 1".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn problems(annotations: Value) -> Vec<Problem> {
+        validate(annotations.as_object())
+    }
+
+    #[test]
+    fn valid_values_pass() {
+        let p = problems(json!({
+            "sidecar.istio.io/interceptionMode": "TPROXY",
+            "status.sidecar.istio.io/port": "0",
+            "readiness.status.sidecar.istio.io/periodSeconds": "30",
+            "traffic.sidecar.istio.io/includeOutboundIPRanges": "*",
+            "traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.0.0.0/8, fd00::/8",
+            "traffic.sidecar.istio.io/includeInboundPorts": "",
+            "traffic.sidecar.istio.io/excludeInboundPorts": "80,8080",
+            "traffic.sidecar.istio.io/excludeInterfaces": "eth1,net-2.x",
+            "prometheus.istio.io/merge-metrics": "F",
+            "proxy.istio.io/config": "holdApplicationUntilProxyStarts: true\nproxyMetadata: {A: b}",
+            "sidecar.istio.io/proxyCPU": "250m",
+            "sidecar.istio.io/proxyMemoryLimit": "1Gi",
+            "sidecar.istio.io/nativeSidecar": "false",
+            "sidecar.istio.io/userVolume": "{\"v\":{\"emptyDir\":{}}}",
+            DRAIN_URL: "http://localhost:8080/ready?x=1",
+            DRAIN_TIMEOUT: "30",
+        }));
+        assert!(p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn every_invalid_value_is_reported_with_what_is_accepted() {
+        let p = problems(json!({
+            "sidecar.istio.io/interceptionMode": "redirect",
+            "status.sidecar.istio.io/port": "70000",
+            "traffic.sidecar.istio.io/excludeOutboundIPRanges": "*",
+            "traffic.sidecar.istio.io/includeOutboundIPRanges": "10.0.0.0",
+            "traffic.sidecar.istio.io/excludeInboundPorts": "http",
+            "traffic.sidecar.istio.io/excludeInterfaces": "averyveryverylongname0",
+            "proxy.istio.io/config": "holdApplicationUntilProxyStarts: yes please",
+            "sidecar.istio.io/proxyCPU": "lots",
+            "sidecar.istio.io/nativeSidecar": "yes",
+            "sidecar.istio.io/userVolume": "{not json",
+            DRAIN_URL: "http://evil.example.com/$(reboot)",
+        }));
+        let names: Vec<&str> = p.iter().map(|p| p.annotation.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "sidecar.istio.io/interceptionMode",
+                "status.sidecar.istio.io/port",
+                "traffic.sidecar.istio.io/includeOutboundIPRanges",
+                "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+                "traffic.sidecar.istio.io/excludeInboundPorts",
+                "traffic.sidecar.istio.io/excludeInterfaces",
+                "proxy.istio.io/config",
+                "sidecar.istio.io/proxyCPU",
+                "sidecar.istio.io/nativeSidecar",
+                "sidecar.istio.io/userVolume",
+                DRAIN_URL,
+            ]
+        );
+        for problem in &p {
+            assert!(problem.accepted.contains("accepted") || problem.accepted.contains("expected"), "{problem}");
+        }
+        assert_eq!(p[0].value, "redirect");
+    }
+}

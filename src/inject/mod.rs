@@ -105,7 +105,12 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
             .and_then(|p| u16::try_from(p).ok())
             .unwrap_or(15020),
     };
-    let job = jobs::job_owner(original);
+    // A Job's pod: from its owner reference (webhook), or the workload being injected (CLI).
+    let job = jobs::job_owner(original).or_else(|| match &req.workload {
+        Some(w) if w.kind == "Job" => Some(jobs::JobOwner { job: w.name.clone(), cronjob: None }),
+        Some(w) if w.kind == "CronJob" => Some(jobs::JobOwner { job: String::new(), cronjob: Some(w.name.clone()) }),
+        _ => None,
+    });
     let native = match pod::annotation(original, "sidecar.istio.io/nativeSidecar") {
         Some(v) => v == "true",
         None => {
@@ -138,7 +143,7 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
 
     // Start from the user's pod, minus what an earlier injection added.
     let mut p = original.clone();
-    let previous = status::strip(&mut p, mesh_status_port);
+    let previous = status::strip(&mut p);
     let saved = Overrides::saved(&p);
     if let Some(saved) = &saved {
         saved.reinsert(&mut p);
@@ -186,7 +191,14 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
     if has_proxy {
         match prometheus::apply(&mut p, &config.mesh, mesh_status_port) {
             Ok(Some(env)) => set_proxy_env(&mut p, status::PROMETHEUS_ENV, env),
-            Ok(None) => {}
+            Ok(None) => {
+                // Already merged by an earlier injection: keep the user's saved settings.
+                let ours = pod::annotation(&p, "prometheus.io/port")
+                    == Some(mesh_status_port.to_string().as_str());
+                if let Some(env) = previous.prometheus.clone().filter(|_| ours) {
+                    set_proxy_env(&mut p, status::PROMETHEUS_ENV, env);
+                }
+            }
             Err(problem) => return Ok(Outcome::Denied(Denial { problems: vec![problem] })),
         }
         let rewrite_default = values

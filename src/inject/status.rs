@@ -44,8 +44,7 @@ fn env_value(container: &Value, name: &str) -> Option<String> {
 }
 
 /// Removes what the status annotation lists and the annotation itself (istiod's `stripPod`).
-/// The prometheus annotations we wrote (port equal to the agent's status port) go too.
-pub(crate) fn strip(p: &mut Value, mesh_status_port: u16) -> Previous {
+pub(crate) fn strip(p: &mut Value) -> Previous {
     let Some(text) = pod::annotation(p, STATUS).map(str::to_string) else {
         return Previous::default();
     };
@@ -84,29 +83,10 @@ pub(crate) fn strip(p: &mut Value, mesh_status_port: u16) -> Previous {
             !listed_here
         });
     }
+    // The prometheus annotations an earlier injection wrote stay where they are (the merge
+    // sees its own port and leaves them); the user's settings come back from the old proxy.
     if let Some(annotations) = pod::annotations_mut(p) {
         annotations.shift_remove(STATUS);
-        let ours = annotations
-            .get("prometheus.io/port")
-            .and_then(Value::as_str)
-            .is_some_and(|port| port == mesh_status_port.to_string());
-        if ours {
-            for key in ["prometheus.io/port", "prometheus.io/path", "prometheus.io/scrape"] {
-                annotations.shift_remove(key);
-            }
-            // Give back the user's own settings, which the merge will save again.
-            if let Some(Value::Object(saved)) = previous
-                .prometheus
-                .as_deref()
-                .and_then(|t| serde_json::from_str(t).ok())
-            {
-                for key in ["scrape", "path", "port"] {
-                    if let Some(v) = saved.get(key) {
-                        annotations.insert(format!("prometheus.io/{key}"), v.clone());
-                    }
-                }
-            }
-        }
     }
     previous
 }
@@ -170,7 +150,6 @@ mod tests {
         let mut p = json!({
             "metadata": {"annotations": {
                 STATUS: r#"{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":["istio-envoy"],"imagePullSecrets":null,"revision":"default"}"#,
-                "prometheus.io/port": "15020", "prometheus.io/path": "/stats/prometheus", "prometheus.io/scrape": "true",
                 "keep": "me"}},
             "spec": {
                 "initContainers": [{"name": "istio-init"}, {"name": "user-init"}],
@@ -179,11 +158,12 @@ mod tests {
                     {"name": PROMETHEUS_ENV, "value": "{\"scrape\":\"true\",\"port\":\"9090\"}"}]}],
                 "volumes": [{"name": "data"}, {"name": "istio-envoy"}]}
         });
-        let prev = strip(&mut p, 15020);
+        let prev = strip(&mut p);
         assert!(prev.injected);
         assert_eq!(prev.probers.as_deref(), Some("{\"a\":1}"));
         assert_eq!(p["spec"], json!({"initContainers": [{"name": "user-init"}], "containers": [{"name": "app"}], "volumes": [{"name": "data"}]}));
-        assert_eq!(p["metadata"]["annotations"], json!({"keep": "me", "prometheus.io/scrape": "true", "prometheus.io/port": "9090"}));
+        assert_eq!(prev.prometheus.as_deref(), Some("{\"scrape\":\"true\",\"port\":\"9090\"}"));
+        assert_eq!(p["metadata"]["annotations"], json!({"keep": "me"}));
     }
 
     #[test]

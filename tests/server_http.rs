@@ -300,3 +300,38 @@ async fn metrics_count_answers_and_refusals() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_native_sidecar_setting_decides_where_the_proxy_goes() {
+    for (mode, list) in [
+        (
+            sidecar_injector::config::NativeMode::Enabled,
+            "initContainers",
+        ),
+        (sidecar_injector::config::NativeMode::Disabled, "containers"),
+    ] {
+        let server = Running::start(|s| s.native_sidecars = Some(mode)).await;
+        let pod = app_pod();
+        let reply = server
+            .client(Alpn::H2)
+            .review(&review(
+                "admission.k8s.io/v1",
+                "CREATE",
+                "default",
+                pod.clone(),
+            ))
+            .await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let mut patched = pod;
+        json_patch::patch(&mut patched, &decode_patch(&reply.json()["response"])).unwrap();
+        let in_list = patched["spec"][list]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|c| c["name"] == "istio-proxy"));
+        assert!(in_list, "{mode:?}: istio-proxy not in {list}: {patched}");
+    }
+}

@@ -166,10 +166,16 @@ async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
     let (port, admin_port) = (free_port(), free_port());
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidecar-injector"))
         .arg("serve")
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-        .args(["--tls-cert", dir.path().join("tls.crt").to_str().unwrap()])
-        .args(["--tls-key", dir.path().join("tls.key").to_str().unwrap()])
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+        .args([
+            "--tls-cert-file",
+            dir.path().join("tls.crt").to_str().unwrap(),
+        ])
+        .args([
+            "--tls-key-file",
+            dir.path().join("tls.key").to_str().unwrap(),
+        ])
         .args(["--shutdown-grace", "0", "--log-format", "json"])
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -213,8 +219,14 @@ async fn the_binary_refuses_to_start_without_a_certificate() {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidecar-injector"))
         .arg("serve")
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(["--tls-cert", dir.path().join("tls.crt").to_str().unwrap()])
-        .args(["--tls-key", dir.path().join("tls.key").to_str().unwrap()])
+        .args([
+            "--tls-cert-file",
+            dir.path().join("tls.crt").to_str().unwrap(),
+        ])
+        .args([
+            "--tls-key-file",
+            dir.path().join("tls.key").to_str().unwrap(),
+        ])
         .output()
         .await
         .unwrap();

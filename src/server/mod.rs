@@ -52,6 +52,8 @@ pub struct Settings {
     pub tls: CertFiles,
     /// A mounted ConfigMap directory; `None` runs on the embedded default config.
     pub config_dir: Option<PathBuf>,
+    /// Native-sidecar mode for every config; `None` leaves it to the config's values.
+    pub native_sidecars: Option<NativeMode>,
     /// How often the certificate and config files are checked for changes.
     pub reload_interval: Duration,
     pub max_body_bytes: usize,
@@ -74,6 +76,7 @@ impl Settings {
             admin_listen: None,
             tls,
             config_dir: None,
+            native_sidecars: None,
             reload_interval: Duration::from_secs(5),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             read_timeout: Duration::from_secs(10),
@@ -124,16 +127,17 @@ impl Server {
             }
             None => (None, Config::embedded()),
         };
-        if config.native_mode() == NativeMode::Auto {
-            info!(
-                "nativeSidecars is auto: without cluster access the proxy is injected as a classic container"
-            );
-        }
         let limits = Limits {
             max_body_bytes: settings.max_body_bytes,
             read_timeout: settings.read_timeout,
         };
-        let shared = Arc::new(Shared::new(config, limits));
+        let shared = Arc::new(Shared::new(config, limits, settings.native_sidecars));
+        if shared.native_mode(&shared.config.load()) == NativeMode::Auto {
+            warn!(
+                "native sidecars are `auto`, which needs the cluster's kubelet versions; \
+                 this server does not read them, so the proxy is injected as a classic container"
+            );
+        }
         let webhook = listen(settings.listen).await?;
         let admin = match settings.admin_listen {
             Some(addr) => Some(listen(addr).await?),

@@ -26,18 +26,21 @@ pub struct Shared {
     /// True while the server accepts reviews; false before start and once shutdown begins, so
     /// the endpoint leaves the Service before connections are closed.
     pub ready: AtomicBool,
-    /// What `nativeSidecars: auto` resolves to. Deciding it needs the cluster's kubelet versions;
-    /// without a cluster it stays off, like istiod without node access.
+    /// The operator's native-sidecar mode, over the config's.
+    pub native_override: Option<NativeMode>,
+    /// What `auto` resolves to. Deciding it needs the cluster's kubelet versions; without them
+    /// it stays off, like istiod without node access.
     pub native_auto: AtomicBool,
     pub limits: Limits,
 }
 
 impl Shared {
-    pub fn new(config: Config, limits: Limits) -> Shared {
+    pub fn new(config: Config, limits: Limits, native_override: Option<NativeMode>) -> Shared {
         Shared {
             config: ArcSwap::from_pointee(config),
             metrics: Metrics::new(),
             ready: AtomicBool::new(false),
+            native_override,
             native_auto: AtomicBool::new(false),
             limits,
         }
@@ -51,9 +54,14 @@ impl Shared {
         self.ready.store(ready, Ordering::Release);
     }
 
-    /// The cluster-wide native-sidecar mode for `config`.
+    /// The mode in force with `config`: the operator's, else the config's.
+    pub fn native_mode(&self, config: &Config) -> NativeMode {
+        self.native_override.unwrap_or_else(|| config.native_mode())
+    }
+
+    /// Whether the proxy goes in as a native sidecar with `config`.
     pub fn native_sidecars(&self, config: &Config) -> bool {
-        match config.native_mode() {
+        match self.native_mode(config) {
             NativeMode::Enabled => true,
             NativeMode::Disabled => false,
             NativeMode::Auto => self.native_auto.load(Ordering::Relaxed),

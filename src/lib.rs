@@ -10,6 +10,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod inject;
+pub mod manifest;
 pub mod metrics;
 pub mod server;
 pub mod yaml;

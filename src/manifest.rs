@@ -10,8 +10,13 @@ use crate::inject::{self, Denial, InjectError, Outcome, Request, SkipReason, Wor
 fn pod_template_path(kind: &str) -> Option<&'static str> {
     match kind {
         "Pod" => Some(""),
-        "Deployment" | "ReplicaSet" | "ReplicationController" | "StatefulSet" | "DaemonSet"
-        | "Job" | "DeploymentConfig" => Some("/spec/template"),
+        "Deployment"
+        | "ReplicaSet"
+        | "ReplicationController"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "Job"
+        | "DeploymentConfig" => Some("/spec/template"),
         "CronJob" => Some("/spec/jobTemplate/spec/template"),
         _ => None,
     }
@@ -20,8 +25,14 @@ fn pod_template_path(kind: &str) -> Option<&'static str> {
 /// What happened to one workload of a document.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Injected { object: String, warnings: Vec<String> },
-    Skipped { object: String, reason: SkipReason },
+    Injected {
+        object: String,
+        warnings: Vec<String>,
+    },
+    Skipped {
+        object: String,
+        reason: SkipReason,
+    },
 }
 
 /// Why a document could not be injected.
@@ -76,26 +87,44 @@ pub fn inject_document(
         return Ok(doc.clone());
     };
     let object = describe(doc);
-    let template = if path.is_empty() { Some(doc) } else { doc.pointer(path) };
+    let template = if path.is_empty() {
+        Some(doc)
+    } else {
+        doc.pointer(path)
+    };
     let Some(template) = template.filter(|t| t.is_object()) else {
         return Err(DocumentError::Shape {
             object,
-            message: format!("has no pod template at {}", path.replace('/', ".").trim_start_matches('.')),
+            message: format!(
+                "has no pod template at {}",
+                path.replace('/', ".").trim_start_matches('.')
+            ),
         });
     };
-    let get = |p: &str| doc.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
+    let get = |p: &str| {
+        doc.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     let namespace = get("/metadata/namespace");
     let workload = Workload {
         kind: kind.to_string(),
         name: match get("/metadata/name") {
-            n if n.is_empty() => get("/metadata/generateName").trim_end_matches('-').to_string(),
+            n if n.is_empty() => get("/metadata/generateName")
+                .trim_end_matches('-')
+                .to_string(),
             n => n,
         },
         api_version: get("/apiVersion"),
     };
     let req = Request {
         pod: template,
-        namespace: Some(if namespace.is_empty() { "default" } else { &namespace }),
+        namespace: Some(if namespace.is_empty() {
+            "default"
+        } else {
+            &namespace
+        }),
         workload: Some(workload),
         native_sidecars,
     };

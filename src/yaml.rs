@@ -76,7 +76,10 @@ mod tests {
     #[test]
     fn multi_document_stream_skips_empty_documents() {
         let docs = parse_documents("---\na: 1\n---\n# nothing\n---\nb: [x]\n").unwrap();
-        assert_eq!(docs, vec![serde_json::json!({"a": 1}), serde_json::json!({"b": ["x"]})]);
+        assert_eq!(
+            docs,
+            vec![serde_json::json!({"a": 1}), serde_json::json!({"b": ["x"]})]
+        );
     }
 
     #[test]

@@ -31,7 +31,12 @@ fn run(args: &[String], stdin: Option<&str>) -> Run {
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("run the binary");
     if let Some(input) = stdin {
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
     } else {
         drop(child.stdin.take());
     }
@@ -95,7 +100,10 @@ fn golden_cases() {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name.ends_with(".yaml") && !name.ends_with(".injected.yaml") && !name.contains(".values.") && !name.contains(".mesh.")
+            name.ends_with(".yaml")
+                && !name.ends_with(".injected.yaml")
+                && !name.contains(".values.")
+                && !name.contains(".mesh.")
         })
         .collect();
     cases.sort();
@@ -103,7 +111,11 @@ fn golden_cases() {
 
     let mut failures = Vec::new();
     for case in &cases {
-        let stem = case.file_stem().and_then(|s| s.to_str()).unwrap_or("case").to_string();
+        let stem = case
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("case")
+            .to_string();
         let mut args = flags(case);
         args.extend(["-f".to_string(), format!("{stem}.yaml")]);
         let first = run(&args, None);
@@ -131,7 +143,10 @@ fn golden_cases() {
                 failures.push(diff);
             }
             if expected_ok.exists() && std::env::var_os("UPDATE_GOLDEN").is_none() {
-                failures.push(format!("{stem}: expected an injection, but it was refused:\n{}", first.stderr));
+                failures.push(format!(
+                    "{stem}: expected an injection, but it was refused:\n{}",
+                    first.stderr
+                ));
             }
         }
     }

@@ -26,7 +26,10 @@ fn without_go_zero_values(v: &mut Value) {
     match v {
         Value::Object(map) => {
             for key in ["strategy", "status", "resources", "creationTimestamp"] {
-                if map.get(key).is_some_and(|x| x.as_object().is_some_and(|m| m.is_empty()) || x.is_null()) {
+                if map
+                    .get(key)
+                    .is_some_and(|x| x.as_object().is_some_and(|m| m.is_empty()) || x.is_null())
+                {
                     map.shift_remove(key);
                 }
             }

@@ -45,7 +45,8 @@ pub struct InjectArgs {
 }
 
 fn read_file(path: &Path, what: &str) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("cannot read the {what} file {}", path.display()))
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the {what} file {}", path.display()))
 }
 
 /// Builds the configuration from the flags over the embedded defaults.
@@ -62,7 +63,11 @@ fn load_config(args: &InjectArgs) -> anyhow::Result<Config> {
     }
     if let Some(revision) = &args.revision {
         // `default` is the unnamed revision, as istioctl treats it.
-        let revision = if revision == "default" { "" } else { revision.as_str() };
+        let revision = if revision == "default" {
+            ""
+        } else {
+            revision.as_str()
+        };
         let mut values = if sources.values.trim().is_empty() {
             serde_json::json!({})
         } else {
@@ -98,8 +103,8 @@ pub fn run(args: InjectArgs) -> anyhow::Result<ExitCode> {
         let path = Path::new(&args.file);
         (args.file.clone(), read_file(path, "manifest")?)
     };
-    let docs = crate::yaml::parse_documents(&text)
-        .map_err(|e| anyhow::anyhow!("{input_name}: {e}"))?;
+    let docs =
+        crate::yaml::parse_documents(&text).map_err(|e| anyhow::anyhow!("{input_name}: {e}"))?;
 
     let mut events = Vec::new();
     let mut out = Vec::with_capacity(docs.len());
@@ -148,7 +153,10 @@ pub fn run(args: InjectArgs) -> anyhow::Result<ExitCode> {
 /// Writes through a temporary file beside the target and renames it, so a failure never leaves
 /// a half-written manifest behind.
 fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -319,7 +319,10 @@ mod tests {
     #[test]
     fn unknown_policy_is_rejected_with_the_accepted_values() {
         let err = parse("policy: maybe\ntemplates: {sidecar: x}").unwrap_err();
-        assert!(err.contains("unknown policy \"maybe\"; accepted: enabled, disabled"), "{err}");
+        assert!(
+            err.contains("unknown policy \"maybe\"; accepted: enabled, disabled"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -359,7 +362,10 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("alwaysInjectSelector[0]"), "{err}");
-        assert!(err.contains("accepted: In, NotIn, Exists, DoesNotExist"), "{err}");
+        assert!(
+            err.contains("accepted: In, NotIn, Exists, DoesNotExist"),
+            "{err}"
+        );
     }
 
     #[test]

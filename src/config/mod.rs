@@ -119,7 +119,9 @@ impl Config {
             let path = dir.join(name);
             match std::fs::read_to_string(&path) {
                 Ok(text) => Ok(text),
-                Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+                Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                    Ok(String::new())
+                }
                 Err(source) => Err(ConfigError::Read {
                     path: path.display().to_string(),
                     source,
@@ -224,7 +226,10 @@ fn check_values(values: &Value) -> Result<(), ConfigError> {
     }
     for (path, what) in [
         ("/global/proxy/statusPort", "a port number (0 to 65535)"),
-        ("/global/proxy/readinessInitialDelaySeconds", "a whole number"),
+        (
+            "/global/proxy/readinessInitialDelaySeconds",
+            "a whole number",
+        ),
         ("/global/proxy/readinessPeriodSeconds", "a whole number"),
         ("/global/proxy/readinessFailureThreshold", "a whole number"),
     ] {
@@ -269,7 +274,9 @@ fn check_mesh(mesh: &Value) -> Result<(), ConfigError> {
         && !dc.is_object()
         && !dc.is_null()
     {
-        return Err(invalid("defaultConfig must be a mapping (a ProxyConfig)".into()));
+        return Err(invalid(
+            "defaultConfig must be a mapping (a ProxyConfig)".into(),
+        ));
     }
     for path in [
         "/proxyListenPort",
@@ -277,7 +284,7 @@ fn check_mesh(mesh: &Value) -> Result<(), ConfigError> {
         "/defaultConfig/statusPort",
     ] {
         if let Some(v) = mesh.pointer(path)
-            && !v.as_u64().is_some_and(|p| p <= 65535)
+            && v.as_u64().is_none_or(|p| p > 65535)
         {
             return Err(invalid(format!(
                 "{} must be a port number (0 to 65535), found {v}",
@@ -307,7 +314,10 @@ mod tests {
         sources.values = "global:\n  hub: registry.example.com/istio\n".into();
         let config = Config::from_sources(&sources).unwrap();
         assert_eq!(config.values["global"]["hub"], "registry.example.com/istio");
-        assert_eq!(config.values["global"]["tag"], "1.28.0", "untouched keys keep defaults");
+        assert_eq!(
+            config.values["global"]["tag"], "1.28.0",
+            "untouched keys keep defaults"
+        );
     }
 
     #[test]
@@ -333,7 +343,10 @@ mod tests {
 
         sources.values = "global: {proxy: {statusPort: seventy}}".into();
         let text = Config::from_sources(&sources).unwrap_err().to_string();
-        assert!(text.contains("global.proxy.statusPort must be a port number"), "{text}");
+        assert!(
+            text.contains("global.proxy.statusPort must be a port number"),
+            "{text}"
+        );
 
         sources.values = "[1, 2]".into();
         let text = Config::from_sources(&sources).unwrap_err().to_string();
@@ -352,9 +365,10 @@ mod tests {
     #[test]
     fn findings_can_be_switched_off() {
         let mut sources = Sources::embedded();
-        sources.config = sources
-            .config
-            .replace("findings:\n  disabled: []", "findings:\n  disabled: [IST0001]");
+        sources.config = sources.config.replace(
+            "findings:\n  disabled: []",
+            "findings:\n  disabled: [IST0001]",
+        );
         let config = Config::from_sources(&sources).unwrap();
         assert!(!config.finding_enabled("IST0001"));
         assert!(config.finding_enabled("IST0002"));

@@ -145,7 +145,10 @@ mod tests {
     #[test]
     fn syntax_errors_name_the_template_and_line() {
         let err = compile("a: 1\nb: {{ x \n").unwrap_err().to_string();
-        assert!(err.starts_with("invalid `config: template \"t\"` at line"), "{err}");
+        assert!(
+            err.starts_with("invalid `config: template \"t\"` at line"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -157,7 +160,10 @@ mod tests {
         let ctx = minijinja::context! { metadata => minijinja::context! { annotations => minijinja::context! { a => "x", empty => "" } } };
         assert_eq!(t.render("t", &ctx).unwrap(), r#""x" "d" "" true false"#);
         let no_annotations = minijinja::context! { metadata => minijinja::context! {} };
-        assert_eq!(t.render("t", &no_annotations).unwrap(), r#""d" "d" "d" false false"#);
+        assert_eq!(
+            t.render("t", &no_annotations).unwrap(),
+            r#""d" "d" "d" false false"#
+        );
     }
 
     #[test]

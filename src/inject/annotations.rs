@@ -18,12 +18,24 @@ type Check = fn(&str) -> Result<(), String>;
 const CHECKS: &[(&str, Check)] = &[
     ("sidecar.istio.io/interceptionMode", interception_mode),
     ("status.sidecar.istio.io/port", port),
-    ("readiness.status.sidecar.istio.io/initialDelaySeconds", uint32),
+    (
+        "readiness.status.sidecar.istio.io/initialDelaySeconds",
+        uint32,
+    ),
     ("readiness.status.sidecar.istio.io/periodSeconds", uint32),
     ("readiness.status.sidecar.istio.io/failureThreshold", uint32),
-    ("traffic.sidecar.istio.io/includeOutboundIPRanges", include_ip_ranges),
-    ("traffic.sidecar.istio.io/excludeOutboundIPRanges", exclude_ip_ranges),
-    ("traffic.sidecar.istio.io/includeInboundPorts", include_inbound_ports),
+    (
+        "traffic.sidecar.istio.io/includeOutboundIPRanges",
+        include_ip_ranges,
+    ),
+    (
+        "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+        exclude_ip_ranges,
+    ),
+    (
+        "traffic.sidecar.istio.io/includeInboundPorts",
+        include_inbound_ports,
+    ),
     ("traffic.sidecar.istio.io/excludeInboundPorts", port_list),
     ("traffic.sidecar.istio.io/excludeOutboundPorts", port_list),
     ("traffic.sidecar.istio.io/includeOutboundPorts", port_list),
@@ -62,7 +74,9 @@ pub(crate) fn validate(annotations: Option<&Map<String, Value>>) -> Vec<Problem>
         if let Err(accepted) = result {
             problems.push(Problem {
                 annotation: (*name).to_string(),
-                value: value.as_str().map_or_else(|| value.to_string(), str::to_string),
+                value: value
+                    .as_str()
+                    .map_or_else(|| value.to_string(), str::to_string),
                 accepted,
             });
         }
@@ -80,9 +94,9 @@ pub(crate) fn parse_bool(text: &str) -> Option<bool> {
 }
 
 fn parse_bool_check(text: &str) -> Result<(), String> {
-    parse_bool(text)
-        .map(|_| ())
-        .ok_or_else(|| "accepted: true or false (also 1, t, T, TRUE, True, 0, f, F, FALSE, False)".into())
+    parse_bool(text).map(|_| ()).ok_or_else(|| {
+        "accepted: true or false (also 1, t, T, TRUE, True, 0, f, F, FALSE, False)".into()
+    })
 }
 
 fn true_or_false(text: &str) -> Result<(), String> {
@@ -100,9 +114,9 @@ fn interception_mode(text: &str) -> Result<(), String> {
 }
 
 fn port(text: &str) -> Result<(), String> {
-    text.parse::<u16>()
-        .map(|_| ())
-        .map_err(|_| "accepted: a port number from 0 to 65535 (0 turns the proxy's probes off)".into())
+    text.parse::<u16>().map(|_| ()).map_err(|_| {
+        "accepted: a port number from 0 to 65535 (0 turns the proxy's probes off)".into()
+    })
 }
 
 fn uint32(text: &str) -> Result<(), String> {
@@ -146,7 +160,10 @@ fn exclude_ip_ranges(text: &str) -> Result<(), String> {
         return Ok(());
     }
     if text.trim() == "*" {
-        return Err("\"*\" would exclude all traffic; accepted: a comma-separated list of CIDRs, or empty".into());
+        return Err(
+            "\"*\" would exclude all traffic; accepted: a comma-separated list of CIDRs, or empty"
+                .into(),
+        );
     }
     cidr_list(text)
 }
@@ -207,9 +224,9 @@ fn overrides(text: &str) -> Result<(), String> {
     let accepted = "this annotation is written by the injector; accepted: JSON {\"containers\":[...],\"initContainers\":[...]}";
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(map))
-            if map
-                .iter()
-                .all(|(k, v)| matches!(k.as_str(), "containers" | "initContainers") && v.is_array()) =>
+            if map.iter().all(|(k, v)| {
+                matches!(k.as_str(), "containers" | "initContainers") && v.is_array()
+            }) =>
         {
             Ok(())
         }
@@ -232,7 +249,10 @@ fn proxy_config(text: &str) -> Result<(), String> {
     let value = crate::yaml::parse_one(text)
         .map_err(|e| format!("not YAML or JSON ({}); accepted: a ProxyConfig mapping, e.g. {{\"holdApplicationUntilProxyStarts\": true}}", e.message))?;
     let Value::Object(map) = value else {
-        return Err("accepted: a ProxyConfig mapping, e.g. {\"holdApplicationUntilProxyStarts\": true}".into());
+        return Err(
+            "accepted: a ProxyConfig mapping, e.g. {\"holdApplicationUntilProxyStarts\": true}"
+                .into(),
+        );
     };
     for (key, v) in &map {
         let (ok, expected) = match key.as_str() {
@@ -247,7 +267,8 @@ fn proxy_config(text: &str) -> Result<(), String> {
             ),
             "concurrency" => (v.as_u64().is_some(), "a whole number"),
             "proxyMetadata" => (
-                v.as_object().is_some_and(|m| m.values().all(Value::is_string)),
+                v.as_object()
+                    .is_some_and(|m| m.values().all(Value::is_string)),
                 "a mapping of names to string values",
             ),
             "image" => (v.is_object(), "a mapping such as {imageType: distroless}"),
@@ -354,7 +375,10 @@ mod tests {
             ]
         );
         for problem in &p {
-            assert!(problem.accepted.contains("accepted") || problem.accepted.contains("expected"), "{problem}");
+            assert!(
+                problem.accepted.contains("accepted") || problem.accepted.contains("expected"),
+                "{problem}"
+            );
         }
         assert_eq!(p[0].value, "redirect");
     }

@@ -51,7 +51,13 @@ pub(crate) fn build(config: &Config, p: &Value, facts: &Facts<'_>) -> J {
         values,
     );
     let proxy_image = image_override.map_or_else(
-        || super::images::image(values, "/global/proxy/image", Some(image_type.unwrap_or(""))),
+        || {
+            super::images::image(
+                values,
+                "/global/proxy/image",
+                Some(image_type.unwrap_or("")),
+            )
+        },
         str::to_string,
     );
     let proxy_init_image = image_override.map_or_else(
@@ -96,18 +102,27 @@ pub(crate) fn build(config: &Config, p: &Value, facts: &Facts<'_>) -> J {
                 "namespace": facts.namespace,
             }))),
         ),
-        ("owner", J::from(workload::owner_url(facts.workload, facts.namespace))),
+        (
+            "owner",
+            J::from(workload::owner_url(facts.workload, facts.namespace)),
+        ),
         ("status_port", J::from(facts.status_port)),
         ("interception_mode", J::from(facts.interception_mode)),
         ("app_containers", J::from(Serde(&app_containers))),
         ("pod_ports_json", J::from(pod_ports_json(p))),
         (
             "proxy_config_json",
-            J::from(super::proxy_config::cleaned_json(facts.proxy_config, istio_namespace)),
+            J::from(super::proxy_config::cleaned_json(
+                facts.proxy_config,
+                istio_namespace,
+            )),
         ),
         ("canonical_name", J::from(canonical_name(p, facts.workload))),
         ("canonical_revision", J::from(canonical_revision(p))),
-        ("proxy_resources", J::from(Serde(proxy_resources(p, values)))),
+        (
+            "proxy_resources",
+            J::from(Serde(proxy_resources(p, values))),
+        ),
         ("cluster_id", J::from(cluster_id)),
         ("user_volumes", J::from(Serde(user_volumes))),
         ("user_volume_mounts", J::from(Serde(user_volume_mounts))),
@@ -121,7 +136,12 @@ fn pod_ports_json(p: &Value) -> String {
     let mut out = String::from("[");
     let mut first = true;
     for c in pod::list(p, "containers") {
-        for port in c.get("ports").and_then(Value::as_array).into_iter().flatten() {
+        for port in c
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let mut m = Map::new();
             for key in ["name", "hostPort", "containerPort", "protocol", "hostIP"] {
                 match port.get(key) {
@@ -155,7 +175,11 @@ fn first_label<'a>(p: &'a Value, keys: &[&str]) -> Option<&'a str> {
 fn canonical_name(p: &Value, w: &Workload) -> String {
     let name = first_label(
         p,
-        &["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"],
+        &[
+            "service.istio.io/canonical-name",
+            "app.kubernetes.io/name",
+            "app",
+        ],
     )
     .unwrap_or(&w.name);
     let truncated: String = name.chars().take(63).collect();
@@ -165,7 +189,11 @@ fn canonical_name(p: &Value, w: &Workload) -> String {
 fn canonical_revision(p: &Value) -> String {
     first_label(
         p,
-        &["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"],
+        &[
+            "service.istio.io/canonical-revision",
+            "app.kubernetes.io/version",
+            "version",
+        ],
     )
     .unwrap_or("latest")
     .to_string()
@@ -181,7 +209,10 @@ fn proxy_resources(p: &Value, values: &Value) -> Value {
         ("limits", "memory", "sidecar.istio.io/proxyMemoryLimit"),
     ];
     let mut out = Map::new();
-    if annotations.iter().any(|(_, _, a)| pod::annotation(p, a).is_some()) {
+    if annotations
+        .iter()
+        .any(|(_, _, a)| pod::annotation(p, a).is_some())
+    {
         for (group, resource, a) in annotations {
             if let Some(q) = pod::annotation(p, a) {
                 let q = quantity::canonical(q).unwrap_or_else(|_| q.to_string());
@@ -192,9 +223,14 @@ fn proxy_resources(p: &Value, values: &Value) -> Value {
         }
         return Value::Object(out);
     }
-    if let Some(resources) = values.pointer("/global/proxy/resources").and_then(Value::as_object) {
+    if let Some(resources) = values
+        .pointer("/global/proxy/resources")
+        .and_then(Value::as_object)
+    {
         for (group, entries) in resources {
-            let Some(entries) = entries.as_object() else { continue };
+            let Some(entries) = entries.as_object() else {
+                continue;
+            };
             let mut g = Map::new();
             for (resource, q) in entries {
                 let text = match q {
@@ -222,7 +258,7 @@ fn named_entries(annotation: Option<&str>) -> Vec<Value> {
     names.sort();
     names
         .into_iter()
-        .filter_map(|name| {
+        .map(|name| {
             let mut entry = Map::new();
             entry.insert("name".into(), Value::from(name.as_str()));
             if let Some(Value::Object(spec)) = map.get(name) {
@@ -232,7 +268,7 @@ fn named_entries(annotation: Option<&str>) -> Vec<Value> {
                     }
                 }
             }
-            Some(Value::Object(entry))
+            Value::Object(entry)
         })
         .collect()
 }
@@ -256,18 +292,34 @@ mod tests {
 
     #[test]
     fn canonical_name_falls_back_and_trims() {
-        let w = Workload { kind: "Deployment".into(), name: "web".into(), api_version: "apps/v1".into() };
-        assert_eq!(canonical_name(&json!({"metadata": {"labels": {"app": "shop"}}}), &w), "shop");
+        let w = Workload {
+            kind: "Deployment".into(),
+            name: "web".into(),
+            api_version: "apps/v1".into(),
+        };
+        assert_eq!(
+            canonical_name(&json!({"metadata": {"labels": {"app": "shop"}}}), &w),
+            "shop"
+        );
         assert_eq!(canonical_name(&json!({}), &w), "web");
         let long = format!("{}-x", "a".repeat(62));
-        assert_eq!(canonical_name(&json!({"metadata": {"labels": {"app": long}}}), &w), "a".repeat(62));
+        assert_eq!(
+            canonical_name(&json!({"metadata": {"labels": {"app": long}}}), &w),
+            "a".repeat(62)
+        );
     }
 
     #[test]
     fn resource_annotations_replace_values_entirely() {
         let values = json!({"global": {"proxy": {"resources": {"limits": {"cpu": "2000m", "memory": "1024Mi"}, "requests": {"cpu": "100m", "memory": null}}}}});
-        assert_eq!(proxy_resources(&json!({}), &values), json!({"limits": {"cpu": "2", "memory": "1Gi"}, "requests": {"cpu": "100m"}}));
+        assert_eq!(
+            proxy_resources(&json!({}), &values),
+            json!({"limits": {"cpu": "2", "memory": "1Gi"}, "requests": {"cpu": "100m"}})
+        );
         let p = json!({"metadata": {"annotations": {"sidecar.istio.io/proxyCPU": "0.5"}}});
-        assert_eq!(proxy_resources(&p, &values), json!({"requests": {"cpu": "500m"}}));
+        assert_eq!(
+            proxy_resources(&p, &values),
+            json!({"requests": {"cpu": "500m"}})
+        );
     }
 }

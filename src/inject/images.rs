@@ -40,7 +40,11 @@ pub(crate) fn proxy_image_type<'a>(
     values: &'a Value,
 ) -> Option<&'a str> {
     annotation
-        .or_else(|| proxy_config.pointer("/image/imageType").and_then(Value::as_str))
+        .or_else(|| {
+            proxy_config
+                .pointer("/image/imageType")
+                .and_then(Value::as_str)
+        })
         .or_else(|| values.pointer("/global/variant").and_then(Value::as_str))
         .filter(|t| !t.is_empty())
 }
@@ -53,10 +57,23 @@ mod tests {
     #[test]
     fn builds_hub_image_tag_and_type() {
         let v = json!({"global": {"hub": "docker.io/istio", "tag": "1.28.0-distroless", "proxy": {"image": "proxyv2"}}});
-        assert_eq!(image(&v, "/global/proxy/image", None), "docker.io/istio/proxyv2:1.28.0-distroless");
-        assert_eq!(image(&v, "/global/proxy/image", Some("debug")), "docker.io/istio/proxyv2:1.28.0-debug");
-        assert_eq!(image(&v, "/global/proxy/image", Some("default")), "docker.io/istio/proxyv2:1.28.0");
-        let v = json!({"global": {"hub": "h", "tag": "t", "proxy": {"image": "my.registry/proxy:1"}}});
-        assert_eq!(image(&v, "/global/proxy/image", Some("distroless")), "my.registry/proxy:1");
+        assert_eq!(
+            image(&v, "/global/proxy/image", None),
+            "docker.io/istio/proxyv2:1.28.0-distroless"
+        );
+        assert_eq!(
+            image(&v, "/global/proxy/image", Some("debug")),
+            "docker.io/istio/proxyv2:1.28.0-debug"
+        );
+        assert_eq!(
+            image(&v, "/global/proxy/image", Some("default")),
+            "docker.io/istio/proxyv2:1.28.0"
+        );
+        let v =
+            json!({"global": {"hub": "h", "tag": "t", "proxy": {"image": "my.registry/proxy:1"}}});
+        assert_eq!(
+            image(&v, "/global/proxy/image", Some("distroless")),
+            "my.registry/proxy:1"
+        );
     }
 }

@@ -10,8 +10,13 @@ use serde_json::{Map, Value};
 /// The merge key of a list field of a pod, by field name.
 fn merge_key(field: &str) -> Option<&'static str> {
     match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes"
-        | "imagePullSecrets" | "hostAliases" => Some(match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "hostAliases" => Some(match field {
             "hostAliases" => "ip",
             _ => "name",
         }),
@@ -111,9 +116,12 @@ mod tests {
             json!({"containers": [{"name": "app", "image": "a", "x-unknown": 1}]}),
             json!({"containers": [{"name": "istio-proxy", "image": "p"}, {"name": "app", "env": [{"name": "A", "value": "1"}]}]}),
         );
-        assert_eq!(out, json!({"containers": [
+        assert_eq!(
+            out,
+            json!({"containers": [
             {"name": "app", "image": "a", "x-unknown": 1, "env": [{"name": "A", "value": "1"}]},
-            {"name": "istio-proxy", "image": "p"}]}));
+            {"name": "istio-proxy", "image": "p"}]})
+        );
     }
 
     #[test]
@@ -124,14 +132,20 @@ mod tests {
             json!({"env": [{"name": "A", "value": "2"}, {"name": "B", "value": "3"}], "ports": [{"containerPort": 80, "protocol": "TCP"}],
                    "volumeMounts": [{"mountPath": "/a", "readOnly": true}], "args": ["c"]}),
         );
-        assert_eq!(out, json!({"env": [{"name": "A", "value": "2"}, {"name": "B", "value": "3"}],
+        assert_eq!(
+            out,
+            json!({"env": [{"name": "A", "value": "2"}, {"name": "B", "value": "3"}],
             "ports": [{"containerPort": 80, "name": "http", "protocol": "TCP"}],
-            "volumeMounts": [{"mountPath": "/a", "name": "x", "readOnly": true}], "args": ["c"]}));
+            "volumeMounts": [{"mountPath": "/a", "name": "x", "readOnly": true}], "args": ["c"]})
+        );
     }
 
     #[test]
     fn nulls_remove_and_are_not_inserted() {
-        let out = merged(json!({"a": 1, "b": 2}), json!({"a": null, "v": [{"name": "w", "emptyDir": null}]}));
+        let out = merged(
+            json!({"a": 1, "b": 2}),
+            json!({"a": null, "v": [{"name": "w", "emptyDir": null}]}),
+        );
         assert_eq!(out, json!({"b": 2, "v": [{"name": "w"}]}));
     }
 }

@@ -92,7 +92,10 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
     // Everything below reads the validated annotations.
     let values = &config.values;
     let mesh_status_port = mesh_status_port(config);
-    let proxy_config = proxy_config::effective(&config.mesh, pod::annotation(original, "proxy.istio.io/config"));
+    let proxy_config = proxy_config::effective(
+        &config.mesh,
+        pod::annotation(original, "proxy.istio.io/config"),
+    );
     let interception_mode = pod::annotation(original, "sidecar.istio.io/interceptionMode")
         .or_else(|| proxy_config.get("interceptionMode").and_then(Value::as_str))
         .unwrap_or("REDIRECT")
@@ -107,8 +110,14 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
     };
     // A Job's pod: from its owner reference (webhook), or the workload being injected (CLI).
     let job = jobs::job_owner(original).or_else(|| match &req.workload {
-        Some(w) if w.kind == "Job" => Some(jobs::JobOwner { job: w.name.clone(), cronjob: None }),
-        Some(w) if w.kind == "CronJob" => Some(jobs::JobOwner { job: String::new(), cronjob: Some(w.name.clone()) }),
+        Some(w) if w.kind == "Job" => Some(jobs::JobOwner {
+            job: w.name.clone(),
+            cronjob: None,
+        }),
+        Some(w) if w.kind == "CronJob" => Some(jobs::JobOwner {
+            job: String::new(),
+            cronjob: Some(w.name.clone()),
+        }),
         _ => None,
     });
     let native = match pod::annotation(original, "sidecar.istio.io/nativeSidecar") {
@@ -185,9 +194,11 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
         overrides::adjust_init_user(&mut p, user_proxy, interception_mode == "TPROXY");
     }
 
-    let has_proxy = pod::CONTAINER_LISTS
-        .iter()
-        .any(|l| pod::list(&p, l).iter().any(|c| pod::name_of(c) == Some(pod::PROXY)));
+    let has_proxy = pod::CONTAINER_LISTS.iter().any(|l| {
+        pod::list(&p, l)
+            .iter()
+            .any(|c| pod::name_of(c) == Some(pod::PROXY))
+    });
     if has_proxy {
         match prometheus::apply(&mut p, &config.mesh, mesh_status_port) {
             Ok(Some(env)) => set_proxy_env(&mut p, status::PROMETHEUS_ENV, env),
@@ -199,7 +210,11 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
                     set_proxy_env(&mut p, status::PROMETHEUS_ENV, env);
                 }
             }
-            Err(problem) => return Ok(Outcome::Denied(Denial { problems: vec![problem] })),
+            Err(problem) => {
+                return Ok(Outcome::Denied(Denial {
+                    problems: vec![problem],
+                }));
+            }
         }
         let rewrite_default = values
             .pointer("/sidecarInjectorWebhook/rewriteAppHTTPProbe")
@@ -223,7 +238,10 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
 
     user.save(&mut p);
     if let Some(a) = pod::annotations_mut(&mut p) {
-        a.insert(status::STATUS.into(), Value::from(added.annotation(&revision)));
+        a.insert(
+            status::STATUS.into(),
+            Value::from(added.annotation(&revision)),
+        );
         for (k, v) in &config.injection.injected_annotations {
             a.insert(k.clone(), Value::from(v.as_str()));
         }
@@ -260,10 +278,15 @@ pub fn json_kind(v: &Value) -> &'static str {
 /// The engine reads and writes these parts of the pod; anything else may hold anything.
 fn check_shape(p: &Value) -> Result<(), InjectError> {
     let bad = |what: &str, v: &Value| {
-        Err(InjectError::Pod(format!("{what} must be {}, found {}", match what {
-            "the pod" | "metadata" | "metadata.annotations" | "metadata.labels" | "spec" => "a mapping",
-            _ => "a list",
-        }, json_kind(v))))
+        Err(InjectError::Pod(format!(
+            "{what} must be {}, found {}",
+            match what {
+                "the pod" | "metadata" | "metadata.annotations" | "metadata.labels" | "spec" =>
+                    "a mapping",
+                _ => "a list",
+            },
+            json_kind(v)
+        )))
     };
     if !p.is_object() {
         return bad("the pod", p);
@@ -290,11 +313,20 @@ fn check_shape(p: &Value) -> Result<(), InjectError> {
 /// The templates a pod asks for (`inject.istio.io/templates`), or the defaults.
 fn selected_templates(config: &Config, p: &Value, problems: &mut Vec<Problem>) -> Vec<String> {
     let requested: Vec<&str> = match pod::annotation(p, TEMPLATES_ANNOTATION) {
-        Some(list) => list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect(),
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect(),
         None => Vec::new(),
     };
     let requested = if requested.is_empty() {
-        config.injection.default_templates.iter().map(String::as_str).collect()
+        config
+            .injection
+            .default_templates
+            .iter()
+            .map(String::as_str)
+            .collect()
     } else {
         requested
     };
@@ -302,13 +334,25 @@ fn selected_templates(config: &Config, p: &Value, problems: &mut Vec<Problem>) -
         Ok(names) => names.into_iter().map(str::to_string).collect(),
         Err(unknown) => {
             let mut have: Vec<String> = config.templates.names().to_vec();
-            have.extend(config.injection.aliases.keys().map(|a| format!("{a} (alias)")));
+            have.extend(
+                config
+                    .injection
+                    .aliases
+                    .keys()
+                    .map(|a| format!("{a} (alias)")),
+            );
             problems.push(Problem {
                 annotation: TEMPLATES_ANNOTATION.into(),
-                value: pod::annotation(p, TEMPLATES_ANNOTATION).unwrap_or("").into(),
+                value: pod::annotation(p, TEMPLATES_ANNOTATION)
+                    .unwrap_or("")
+                    .into(),
                 accepted: format!(
                     "unknown template {}; the templates that exist are: {}",
-                    unknown.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", "),
+                    unknown
+                        .iter()
+                        .map(|u| format!("{u:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     have.join(", ")
                 ),
             });
@@ -318,7 +362,11 @@ fn selected_templates(config: &Config, p: &Value, problems: &mut Vec<Problem>) -
 }
 
 /// Renders one template and reads its output as a partial pod.
-fn render(config: &Config, name: &str, ctx: &minijinja::Value) -> Result<Map<String, Value>, InjectError> {
+fn render(
+    config: &Config,
+    name: &str,
+    ctx: &minijinja::Value,
+) -> Result<Map<String, Value>, InjectError> {
     let text = config
         .templates
         .render(name, ctx)
@@ -326,18 +374,41 @@ fn render(config: &Config, name: &str, ctx: &minijinja::Value) -> Result<Map<Str
             template: name.to_string(),
             message: render_error(&e),
         })?;
-    match crate::yaml::parse_one(&text) {
+    match crate::yaml::parse_one(&yaml_printable(&text)) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(Value::Null) => Ok(Map::new()),
         Ok(other) => Err(InjectError::Fragment {
             template: name.to_string(),
-            message: format!("expected a mapping with metadata and spec, found {}", json_kind(&other)),
+            message: format!(
+                "expected a mapping with metadata and spec, found {}",
+                json_kind(&other)
+            ),
         }),
         Err(e) => Err(InjectError::Fragment {
             template: name.to_string(),
             message: e.to_string(),
         }),
     }
+}
+
+/// JSON leaves some characters unescaped that YAML does not allow in a document (DEL, the C1
+/// controls, U+FFFE/U+FFFF). They can only come from a value inside a JSON-escaped string, where
+/// a `\u` escape reads back as the same character.
+fn yaml_printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let bad =
+        |c: char| matches!(c, '\u{7f}'..='\u{84}' | '\u{86}'..='\u{9f}' | '\u{fffe}' | '\u{ffff}');
+    if !text.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if bad(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn render_error(e: &minijinja::Error) -> String {
@@ -386,13 +457,22 @@ fn set_proxy_env(p: &mut Value, name: &str, value: String) {
 /// pod that did not have them.
 fn drop_added_empty_lists(original: &Value, p: &mut Value) {
     let had = |field: &str| original.get("spec").and_then(|s| s.get(field)).is_some();
-    let missing: Vec<&str> = ["initContainers", "containers", "volumes", "imagePullSecrets"]
-        .into_iter()
-        .filter(|f| !had(f))
-        .collect();
+    let missing: Vec<&str> = [
+        "initContainers",
+        "containers",
+        "volumes",
+        "imagePullSecrets",
+    ]
+    .into_iter()
+    .filter(|f| !had(f))
+    .collect();
     if let Some(spec) = p.get_mut("spec").and_then(Value::as_object_mut) {
         for field in missing {
-            if spec.get(field).and_then(Value::as_array).is_some_and(Vec::is_empty) {
+            if spec
+                .get(field)
+                .and_then(Value::as_array)
+                .is_some_and(Vec::is_empty)
+            {
                 spec.shift_remove(field);
             }
         }

@@ -30,7 +30,9 @@ pub(crate) fn reorder(p: &mut Value, native: bool, hold: bool) {
         init.sort_by_key(rank);
     }
     if let Some(containers) = existing_list(p, "containers")
-        && let Some(i) = containers.iter().position(|c| pod::name_of(c) == Some(PROXY))
+        && let Some(i) = containers
+            .iter()
+            .position(|c| pod::name_of(c) == Some(PROXY))
     {
         let proxy = containers.remove(i);
         if hold {
@@ -51,14 +53,21 @@ mod tests {
     use serde_json::json;
 
     fn names(v: &Value, field: &str) -> Vec<String> {
-        pod::list(v, field).iter().filter_map(pod::name_of).map(str::to_string).collect()
+        pod::list(v, field)
+            .iter()
+            .filter_map(pod::name_of)
+            .map(str::to_string)
+            .collect()
     }
 
     #[test]
     fn native_puts_ours_before_user_init_containers() {
         let mut p = json!({"spec": {"initContainers": [{"name": "u1"}, {"name": "istio-proxy"}, {"name": "u2"}, {"name": "istio-init"}], "containers": [{"name": "app"}]}});
         reorder(&mut p, true, false);
-        assert_eq!(names(&p, "initContainers"), ["istio-init", "istio-proxy", "u1", "u2"]);
+        assert_eq!(
+            names(&p, "initContainers"),
+            ["istio-init", "istio-proxy", "u1", "u2"]
+        );
     }
 
     #[test]

@@ -26,7 +26,13 @@ impl Overrides {
     pub(crate) fn saved(p: &Value) -> Option<Overrides> {
         let text = pod::annotation(p, OVERRIDES)?;
         let value: Value = serde_json::from_str(text).ok()?;
-        let list = |k: &str| value.get(k).and_then(Value::as_array).cloned().unwrap_or_default();
+        let list = |k: &str| {
+            value
+                .get(k)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        };
         Some(Overrides {
             init_containers: list("initContainers"),
             containers: list("containers"),
@@ -37,7 +43,10 @@ impl Overrides {
     /// Puts saved overrides back into a stripped pod, so that templates see the same pod they
     /// saw the first time.
     pub(crate) fn reinsert(&self, p: &mut Value) {
-        for (field, items) in [("initContainers", &self.init_containers), ("containers", &self.containers)] {
+        for (field, items) in [
+            ("initContainers", &self.init_containers),
+            ("containers", &self.containers),
+        ] {
             if items.is_empty() {
                 continue;
             }
@@ -58,11 +67,17 @@ impl Overrides {
 
     /// The user's containers named like an injected one, found in the original pod (skipping
     /// those an earlier injection added itself).
-    pub(crate) fn from_pod(original: &Value, injected_names: &[&str], previous: &Previous) -> Overrides {
+    pub(crate) fn from_pod(
+        original: &Value,
+        injected_names: &[&str],
+        previous: &Previous,
+    ) -> Overrides {
         let mut out = Overrides::default();
         for field in CONTAINER_LISTS {
             for c in pod::list(original, field) {
-                let Some(name) = pod::name_of(c) else { continue };
+                let Some(name) = pod::name_of(c) else {
+                    continue;
+                };
                 if injected_names.contains(&name) && !previous.containers.contains(name) {
                     let target = if field == "initContainers" {
                         &mut out.init_containers
@@ -92,14 +107,18 @@ impl Overrides {
     /// now is. `image: auto` means "the injected image".
     pub(crate) fn apply(&self, p: &mut Value) {
         for c in self.containers.iter().chain(&self.init_containers) {
-            let Some(name) = pod::name_of(c) else { continue };
+            let Some(name) = pod::name_of(c) else {
+                continue;
+            };
             let mut overlay = c.clone();
             if let Some(map) = overlay.as_object_mut()
                 && map.get("image").and_then(Value::as_str) == Some("auto")
             {
                 map.shift_remove("image");
             }
-            let Value::Object(overlay) = overlay else { continue };
+            let Value::Object(overlay) = overlay else {
+                continue;
+            };
             for field in CONTAINER_LISTS {
                 if let Some(target) = p
                     .get_mut("spec")
@@ -125,11 +144,16 @@ impl Overrides {
             saved.insert("containers".into(), Value::from(self.containers.clone()));
         }
         if !self.init_containers.is_empty() {
-            saved.insert("initContainers".into(), Value::from(self.init_containers.clone()));
+            saved.insert(
+                "initContainers".into(),
+                Value::from(self.init_containers.clone()),
+            );
         }
         if let Some(annotations) = pod::annotations_mut(p) {
             let text = Value::Object(saved).to_string();
-            if !(self.from_annotation && annotations.get(OVERRIDES).and_then(Value::as_str) == Some(text.as_str())) {
+            if !(self.from_annotation
+                && annotations.get(OVERRIDES).and_then(Value::as_str) == Some(text.as_str()))
+            {
                 annotations.insert(OVERRIDES.into(), Value::from(text));
             }
         }
@@ -146,7 +170,10 @@ pub(crate) fn move_proxy_to_init_containers(p: &mut Value) {
     else {
         return;
     };
-    let Some(i) = containers.iter().position(|c| pod::name_of(c) == Some(PROXY)) else {
+    let Some(i) = containers
+        .iter()
+        .position(|c| pod::name_of(c) == Some(PROXY))
+    else {
         return;
     };
     let proxy = containers.remove(i);
@@ -161,7 +188,9 @@ pub(crate) fn move_proxy_to_init_containers(p: &mut Value) {
 pub(crate) fn adjust_init_user(p: &mut Value, user_proxy: &Value, tproxy: bool) {
     let ctx = user_proxy.get("securityContext");
     let run_as_user = ctx.and_then(|c| c.get("runAsUser")).and_then(Value::as_i64);
-    let run_as_group = ctx.and_then(|c| c.get("runAsGroup")).and_then(Value::as_i64);
+    let run_as_group = ctx
+        .and_then(|c| c.get("runAsGroup"))
+        .and_then(Value::as_i64);
     if run_as_user.is_none() && run_as_group.is_none() {
         return;
     }
@@ -175,7 +204,10 @@ pub(crate) fn adjust_init_user(p: &mut Value, user_proxy: &Value, tproxy: bool) 
     for c in init.iter_mut() {
         match pod::name_of(c) {
             Some("istio-validation") => {
-                if let Some(sc) = c.as_object_mut().and_then(|m| pod::map_entry(m, "securityContext")) {
+                if let Some(sc) = c
+                    .as_object_mut()
+                    .and_then(|m| pod::map_entry(m, "securityContext"))
+                {
                     if let Some(u) = run_as_user {
                         sc.insert("runAsUser".into(), json!(u));
                     }

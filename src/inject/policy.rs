@@ -17,7 +17,11 @@ pub const IGNORED_NAMESPACES: [&str; 4] = [
 const INJECT: &str = "sidecar.istio.io/inject";
 
 /// `None` when the pod is to be injected, else why not.
-pub(crate) fn skip_reason(injection: &Injection, pod: &Value, namespace: &str) -> Option<SkipReason> {
+pub(crate) fn skip_reason(
+    injection: &Injection,
+    pod: &Value,
+    namespace: &str,
+) -> Option<SkipReason> {
     if pod::spec(pod)
         .and_then(|s| s.get("hostNetwork"))
         .and_then(Value::as_bool)
@@ -43,10 +47,18 @@ pub(crate) fn skip_reason(injection: &Injection, pod: &Value, namespace: &str) -
     }
 
     let labels = pod::labels(pod);
-    if injection.never_inject_selector.iter().any(|s| s.matches(labels)) {
+    if injection
+        .never_inject_selector
+        .iter()
+        .any(|s| s.matches(labels))
+    {
         return Some(SkipReason::NeverInjectSelector);
     }
-    if injection.always_inject_selector.iter().any(|s| s.matches(labels)) {
+    if injection
+        .always_inject_selector
+        .iter()
+        .any(|s| s.matches(labels))
+    {
         return None;
     }
     match injection.policy {
@@ -90,7 +102,10 @@ mod tests {
     fn order_of_the_rules() {
         let enabled = injection("");
         let p = pod(json!({INJECT: "true"}), json!({}), true);
-        assert_eq!(skip_reason(&enabled, &p, "default"), Some(SkipReason::HostNetwork));
+        assert_eq!(
+            skip_reason(&enabled, &p, "default"),
+            Some(SkipReason::HostNetwork)
+        );
         let p = pod(json!({INJECT: "true"}), json!({}), false);
         assert_eq!(
             skip_reason(&enabled, &p, "kube-system"),
@@ -100,9 +115,15 @@ mod tests {
         let p = pod(json!({INJECT: "true"}), json!({INJECT: "false"}), false);
         assert_eq!(skip_reason(&enabled, &p, "default"), None);
         let p = pod(json!({INJECT: "false"}), json!({INJECT: "true"}), false);
-        assert_eq!(skip_reason(&enabled, &p, "default"), Some(SkipReason::DisabledByLabel));
+        assert_eq!(
+            skip_reason(&enabled, &p, "default"),
+            Some(SkipReason::DisabledByLabel)
+        );
         let p = pod(json!({}), json!({INJECT: "false"}), false);
-        assert_eq!(skip_reason(&enabled, &p, "default"), Some(SkipReason::DisabledByAnnotation));
+        assert_eq!(
+            skip_reason(&enabled, &p, "default"),
+            Some(SkipReason::DisabledByAnnotation)
+        );
         // "False" is not "false": falls back to the policy, as istiod does.
         let p = pod(json!({INJECT: "False"}), json!({}), false);
         assert_eq!(skip_reason(&enabled, &p, "default"), None);
@@ -115,11 +136,17 @@ mod tests {
             "policy: disabled\nneverInjectSelector: [{matchLabels: {app: db}}]\nalwaysInjectSelector: [{matchLabels: {mesh: yes}}, {matchLabels: {app: db}}]",
         );
         let p = pod(json!({"app": "db"}), json!({}), false);
-        assert_eq!(skip_reason(&disabled, &p, "default"), Some(SkipReason::NeverInjectSelector));
+        assert_eq!(
+            skip_reason(&disabled, &p, "default"),
+            Some(SkipReason::NeverInjectSelector)
+        );
         let p = pod(json!({"mesh": "yes"}), json!({}), false);
         assert_eq!(skip_reason(&disabled, &p, "default"), None);
         let p = pod(json!({}), json!({}), false);
-        assert_eq!(skip_reason(&disabled, &p, "default"), Some(SkipReason::PolicyDisabled));
+        assert_eq!(
+            skip_reason(&disabled, &p, "default"),
+            Some(SkipReason::PolicyDisabled)
+        );
         let p = pod(json!({}), json!({INJECT: "true"}), false);
         assert_eq!(skip_reason(&disabled, &p, "default"), None);
     }

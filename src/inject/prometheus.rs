@@ -7,13 +7,21 @@ use super::annotations::parse_bool;
 use super::{Problem, pod};
 
 /// Ports the proxy itself listens on; an app's metrics cannot be there.
-const RESERVED: [u16; 10] = [15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090];
+const RESERVED: [u16; 10] = [
+    15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090,
+];
 
 /// The annotation key as Prometheus sees it (`prometheus.io/scrape` and `prometheus.io.scrape`
 /// are the same label once sanitized).
 fn sanitized(key: &str) -> String {
     key.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -90,7 +98,10 @@ pub(crate) fn apply(
             )
         });
         annotations.insert("prometheus.io/port".into(), Value::from(target));
-        annotations.insert("prometheus.io/path".into(), Value::from("/stats/prometheus"));
+        annotations.insert(
+            "prometheus.io/path".into(),
+            Value::from("/stats/prometheus"),
+        );
         annotations.insert("prometheus.io/scrape".into(), Value::from("true"));
     }
     Ok(env)
@@ -109,22 +120,40 @@ mod tests {
 
     #[test]
     fn user_settings_move_to_the_env_var() {
-        let (a, r) = run(json!({"prometheus.io.scrape": "true", "prometheus.io/port": "9090", "prometheus.io/path": "/m"}));
-        assert_eq!(r.unwrap().as_deref(), Some(r#"{"scrape":"true","path":"/m","port":"9090"}"#));
-        assert_eq!(a, json!({"prometheus.io/port": "15020", "prometheus.io/path": "/stats/prometheus", "prometheus.io/scrape": "true"}));
+        let (a, r) = run(
+            json!({"prometheus.io.scrape": "true", "prometheus.io/port": "9090", "prometheus.io/path": "/m"}),
+        );
+        assert_eq!(
+            r.unwrap().as_deref(),
+            Some(r#"{"scrape":"true","path":"/m","port":"9090"}"#)
+        );
+        assert_eq!(
+            a,
+            json!({"prometheus.io/port": "15020", "prometheus.io/path": "/stats/prometheus", "prometheus.io/scrape": "true"})
+        );
     }
 
     #[test]
     fn scrape_false_and_merge_off_leave_the_pod_alone() {
         let (a, r) = run(json!({"prometheus.io/scrape": "false"}));
-        assert_eq!((a, r.unwrap()), (json!({"prometheus.io/scrape": "false"}), None));
+        assert_eq!(
+            (a, r.unwrap()),
+            (json!({"prometheus.io/scrape": "false"}), None)
+        );
         let (a, r) = run(json!({"prometheus.istio.io/merge-metrics": "false"}));
-        assert_eq!((a, r.unwrap()), (json!({"prometheus.istio.io/merge-metrics": "false"}), None));
+        assert_eq!(
+            (a, r.unwrap()),
+            (json!({"prometheus.istio.io/merge-metrics": "false"}), None)
+        );
     }
 
     #[test]
     fn reserved_ports_are_refused() {
         let (_, r) = run(json!({"prometheus.io/port": "15090"}));
-        assert!(r.unwrap_err().accepted.contains("not one of the proxy's ports"));
+        assert!(
+            r.unwrap_err()
+                .accepted
+                .contains("not one of the proxy's ports")
+        );
     }
 }

@@ -48,7 +48,10 @@ pub(crate) fn cleaned_json(config: &Value, istio_namespace: &str) -> String {
         })
         .unwrap_or_default();
     kept.sort_by(|a, b| a.0.cmp(b.0));
-    let map: Map<String, Value> = kept.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect();
+    let map: Map<String, Value> = kept
+        .into_iter()
+        .map(|(k, v)| (k.clone(), sorted(v)))
+        .collect();
     Value::Object(map).to_string()
 }
 
@@ -58,7 +61,12 @@ pub(crate) fn sorted(v: &Value) -> Value {
         Value::Object(m) => {
             let mut entries: Vec<(&String, &Value)> = m.iter().collect();
             entries.sort_by(|a, b| a.0.cmp(b.0));
-            Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), sorted(v)))
+                    .collect(),
+            )
         }
         Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
         other => other.clone(),
@@ -71,7 +79,10 @@ mod tests {
 
     #[test]
     fn default_mesh_gives_empty_proxy_config() {
-        let mesh = crate::yaml::parse_one(include_str!("../../charts/sidecar-injector/files/mesh.yaml")).unwrap();
+        let mesh = crate::yaml::parse_one(include_str!(
+            "../../charts/sidecar-injector/files/mesh.yaml"
+        ))
+        .unwrap();
         let config = effective(&mesh, None);
         assert_eq!(cleaned_json(&config, "istio-system"), "{}");
     }
@@ -79,7 +90,10 @@ mod tests {
     #[test]
     fn annotation_overlays_and_shows_in_proxy_config() {
         let mesh = json!({"defaultConfig": {"statusPort": 15020, "proxyMetadata": {"A": "1"}}});
-        let config = effective(&mesh, Some("{holdApplicationUntilProxyStarts: true, proxyMetadata: {B: '2'}}"));
+        let config = effective(
+            &mesh,
+            Some("{holdApplicationUntilProxyStarts: true, proxyMetadata: {B: '2'}}"),
+        );
         assert_eq!(config["proxyMetadata"], json!({"A": "1", "B": "2"}));
         assert_eq!(
             cleaned_json(&config, "istio-system"),

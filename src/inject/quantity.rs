@@ -111,7 +111,11 @@ pub(crate) fn validate(text: &str) -> Result<(), QuantityError> {
 /// The canonical spelling of a quantity, as the API server would store it.
 pub(crate) fn canonical(text: &str) -> Result<String, QuantityError> {
     let q = parse(text)?;
-    let sign = if q.negative && q.mantissa != 0 { "-" } else { "" };
+    let sign = if q.negative && q.mantissa != 0 {
+        "-"
+    } else {
+        ""
+    };
 
     // Binary quantities stay binary when they are a whole number of bytes of at least 1Ki.
     if q.format == Format::BinarySi
@@ -132,7 +136,11 @@ pub(crate) fn canonical(text: &str) -> Result<String, QuantityError> {
     // of three so it has an SI suffix.
     let (mut mantissa, mut exp) = match whole_decimal(&q) {
         Some(v) => v,
-        None => return Err(QuantityError(format!("{text:?} is too large; expected {ACCEPTED}"))),
+        None => {
+            return Err(QuantityError(format!(
+                "{text:?} is too large; expected {ACCEPTED}"
+            )));
+        }
     };
     if mantissa == 0 {
         return Ok("0".to_string());
@@ -228,7 +236,10 @@ mod tests {
     fn invalid_quantities_say_what_is_accepted() {
         for bad in ["", "abc", "1x", "1.2.3", "m", "1\n", "1Kb"] {
             let err = canonical(bad).unwrap_err().0;
-            assert!(err.contains("expected a Kubernetes quantity"), "{bad}: {err}");
+            assert!(
+                err.contains("expected a Kubernetes quantity"),
+                "{bad}: {err}"
+            );
         }
     }
 }

@@ -28,7 +28,13 @@ fn names(status: &Value, field: &str) -> HashSet<String> {
     status
         .get(field)
         .and_then(Value::as_array)
-        .map(|items| items.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -105,7 +111,12 @@ impl Added {
     pub(crate) fn record(&mut self, fragment_spec: Option<&Map<String, Value>>) {
         let Some(spec) = fragment_spec else { return };
         let take = |field: &str, into: &mut Vec<String>| {
-            for item in spec.get(field).and_then(Value::as_array).into_iter().flatten() {
+            for item in spec
+                .get(field)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if let Some(n) = pod::name_of(item)
                     && !into.iter().any(|x| x == n)
                 {
@@ -161,16 +172,25 @@ mod tests {
         let prev = strip(&mut p);
         assert!(prev.injected);
         assert_eq!(prev.probers.as_deref(), Some("{\"a\":1}"));
-        assert_eq!(p["spec"], json!({"initContainers": [{"name": "user-init"}], "containers": [{"name": "app"}], "volumes": [{"name": "data"}]}));
-        assert_eq!(prev.prometheus.as_deref(), Some("{\"scrape\":\"true\",\"port\":\"9090\"}"));
+        assert_eq!(
+            p["spec"],
+            json!({"initContainers": [{"name": "user-init"}], "containers": [{"name": "app"}], "volumes": [{"name": "data"}]})
+        );
+        assert_eq!(
+            prev.prometheus.as_deref(),
+            Some("{\"scrape\":\"true\",\"port\":\"9090\"}")
+        );
         assert_eq!(p["metadata"]["annotations"], json!({"keep": "me"}));
     }
 
     #[test]
     fn annotation_matches_istio_bytes() {
         let mut added = Added::default();
-        added.record(json!({"initContainers": [{"name": "istio-init"}, {"name": "istio-proxy"}],
-            "volumes": [{"name": "a"}, {"name": "b"}]}).as_object());
+        added.record(
+            json!({"initContainers": [{"name": "istio-init"}, {"name": "istio-proxy"}],
+            "volumes": [{"name": "a"}, {"name": "b"}]})
+            .as_object(),
+        );
         assert_eq!(
             added.annotation("default"),
             r#"{"initContainers":["istio-init","istio-proxy"],"containers":null,"volumes":["a","b"],"imagePullSecrets":null,"revision":"default"}"#

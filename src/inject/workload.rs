@@ -24,7 +24,13 @@ pub(crate) fn of_pod(p: &Value) -> Workload {
             api_version: "v1".into(),
         };
     };
-    let field = |k: &str| owner.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let field = |k: &str| {
+        owner
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     let (kind, name, api_version) = (field("kind"), field("name"), field("apiVersion"));
 
     if kind == "ReplicaSet" {
@@ -77,15 +83,21 @@ pub(crate) fn of_pod(p: &Value) -> Workload {
 /// A Job made by a CronJob is named `<cronjob>-<8 to 10 digits>` (the scheduled time).
 pub(crate) fn cronjob_name(job: &str) -> Option<&str> {
     let (base, suffix) = job.rsplit_once('-')?;
-    ((8..=10).contains(&suffix.len()) && suffix.bytes().all(|b| b.is_ascii_digit()) && !base.is_empty())
-        .then_some(base)
+    ((8..=10).contains(&suffix.len())
+        && suffix.bytes().all(|b| b.is_ascii_digit())
+        && !base.is_empty())
+    .then_some(base)
 }
 
 /// The pod's name, or its `generateName` without the trailing dash when the API server has not
 /// named it yet.
 pub(crate) fn pod_name(p: &Value) -> String {
     let meta = pod::metadata(p);
-    let get = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str).unwrap_or("");
+    let get = |k: &str| {
+        meta.and_then(|m| m.get(k))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    };
     let name = get("name");
     if !name.is_empty() {
         return name.to_string();
@@ -116,20 +128,39 @@ mod tests {
 
     #[test]
     fn deployment_from_replicaset_with_template_hash() {
-        let w = of_pod(&pod_owned_by("ReplicaSet", "web-5d8f9c7b4", json!({"pod-template-hash": "5d8f9c7b4"})));
-        assert_eq!((w.kind.as_str(), w.name.as_str(), w.api_version.as_str()), ("Deployment", "web", "apps/v1"));
-        assert_eq!(owner_url(&w, "shop"), "kubernetes://apis/apps/v1/namespaces/shop/deployments/web");
+        let w = of_pod(&pod_owned_by(
+            "ReplicaSet",
+            "web-5d8f9c7b4",
+            json!({"pod-template-hash": "5d8f9c7b4"}),
+        ));
+        assert_eq!(
+            (w.kind.as_str(), w.name.as_str(), w.api_version.as_str()),
+            ("Deployment", "web", "apps/v1")
+        );
+        assert_eq!(
+            owner_url(&w, "shop"),
+            "kubernetes://apis/apps/v1/namespaces/shop/deployments/web"
+        );
     }
 
     #[test]
     fn bare_replicaset_and_cronjob_and_pod() {
         let w = of_pod(&pod_owned_by("ReplicaSet", "web-abc", json!({})));
-        assert_eq!((w.kind.as_str(), w.name.as_str()), ("ReplicaSet", "web-abc"));
+        assert_eq!(
+            (w.kind.as_str(), w.name.as_str()),
+            ("ReplicaSet", "web-abc")
+        );
         let w = of_pod(&pod_owned_by("Job", "nightly-28930140", json!({})));
-        assert_eq!((w.kind.as_str(), w.name.as_str(), w.api_version.as_str()), ("CronJob", "nightly", "batch/v1"));
+        assert_eq!(
+            (w.kind.as_str(), w.name.as_str(), w.api_version.as_str()),
+            ("CronJob", "nightly", "batch/v1")
+        );
         let w = of_pod(&pod_owned_by("Job", "migrate", json!({})));
         assert_eq!((w.kind.as_str(), w.name.as_str()), ("Job", "migrate"));
         let w = of_pod(&json!({"metadata": {"generateName": "debug-"}}));
-        assert_eq!((w.kind.as_str(), w.name.as_str(), w.api_version.as_str()), ("Pod", "debug", "v1"));
+        assert_eq!(
+            (w.kind.as_str(), w.name.as_str(), w.api_version.as_str()),
+            ("Pod", "debug", "v1")
+        );
     }
 }

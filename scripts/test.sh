@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# The drain-hook test runs the hook's script, which uses curl as the proxy image does.
+if ! command -v curl >/dev/null 2>&1; then
+    echo "installing curl for the drain-hook test"
+    (apt-get update -qq && apt-get install -y -qq curl) >/dev/null
+fi
+
 HELM="$(scripts/install-helm.sh)"
 export HELM
 

@@ -131,6 +131,17 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
                         == Some(true))
         }
     };
+    if let Some(refusal) = drain_hook_refusal(original, &proxy_config, values) {
+        return Ok(Outcome::Denied(Denial {
+            problems: vec![refusal],
+        }));
+    }
+    if native && pod::annotation(original, annotations::DRAIN_URL).is_some() {
+        warnings.push(format!(
+            "{} has no effect with native sidecars: the kubelet already stops istio-proxy after the application has exited",
+            annotations::DRAIN_URL
+        ));
+    }
     let hold = proxy_config
         .get("holdApplicationUntilProxyStarts")
         .and_then(Value::as_bool)
@@ -255,6 +266,31 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
         warnings.push(jobs::job_warning(owner));
     }
     Ok(Outcome::Injected(Injected { pod: p, warnings }))
+}
+
+/// The drain hook runs a shell; a distroless proxy image has none, and a hook that cannot run
+/// would fail every pod shutdown silently. Refuse it instead.
+fn drain_hook_refusal(p: &Value, proxy_config: &Value, values: &Value) -> Option<Problem> {
+    let url = pod::annotation(p, annotations::DRAIN_URL)?;
+    let image_type = images::proxy_image_type(
+        pod::annotation(p, "sidecar.istio.io/proxyImageType"),
+        proxy_config,
+        values,
+    );
+    let custom_image =
+        pod::annotation(p, "sidecar.istio.io/proxyImage").filter(|i| i.contains('/'));
+    let distroless = image_type == Some("distroless")
+        || custom_image.is_some_and(|i| i.contains("distroless"))
+        || (custom_image.is_none()
+            && values
+                .pointer("/global/tag")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.ends_with("-distroless")));
+    distroless.then(|| Problem {
+        annotation: annotations::DRAIN_URL.into(),
+        value: url.into(),
+        accepted: "the drain hook needs a shell and curl, which the distroless proxy image does not have; use the default proxy image (sidecar.istio.io/proxyImageType: default), native sidecars, or remove the annotation".into(),
+    })
 }
 
 /// The RFC 6902 patch that turns `before` into `after`: a plain structural diff of the raw

@@ -9,6 +9,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
+use crate::analyze::{self, PodContext};
 use crate::config::Config;
 use crate::inject::{self, Denial, InjectError, Outcome, Request, SkipReason};
 
@@ -183,10 +184,13 @@ impl Pass {
 pub enum Decision {
     /// `allowed: true`, no patch.
     Pass(Pass),
-    /// `allowed: true` with a JSON patch and the engine's warnings.
+    /// `allowed: true` with a JSON patch, the engine's warnings, then one warning per
+    /// guardrail finding about the injected pod.
     Patch {
         patch: json_patch::Patch,
         warnings: Vec<String>,
+        /// The ids of the findings among `warnings`, for metrics.
+        findings: Vec<&'static str>,
     },
     /// `allowed: false` with a message naming every problem.
     Deny(Denial),
@@ -254,9 +258,14 @@ pub fn decide(
                 if patch.0.is_empty() {
                     Decision::Pass(Pass::Unchanged)
                 } else {
+                    let mut warnings = injected.warnings;
+                    let ctx = pod_context(config, review, native_sidecars);
+                    let findings = findings(config, &injected.pod, &ctx, &warnings);
+                    warnings.extend(findings.iter().map(analyze::Finding::warning_text));
                     Decision::Patch {
                         patch,
-                        warnings: injected.warnings,
+                        warnings,
+                        findings: findings.iter().map(|f| f.id).collect(),
                     }
                 }
             }
@@ -275,6 +284,46 @@ pub fn decide(
     }
 }
 
+/// What the analysis knows about the pod beyond the pod: the mesh-wide settings of `config`.
+/// The pod it judges is already injected, so most of it (native or classic, hold, CNI, image)
+/// is read from the pod itself.
+fn pod_context(config: &Config, review: &Review, native_sidecars: bool) -> PodContext {
+    let flag = |doc: &Value, pointer: &str| doc.pointer(pointer).and_then(Value::as_bool);
+    PodContext {
+        native_sidecars,
+        hold_application: flag(
+            config.mesh(),
+            "/defaultConfig/holdApplicationUntilProxyStarts",
+        )
+        .unwrap_or(false),
+        cni: flag(config.values(), "/istio_cni/enabled").unwrap_or(false),
+        distroless_proxy: config
+            .values()
+            .pointer("/global/variant")
+            .and_then(Value::as_str)
+            == Some("distroless"),
+        namespace: review.namespace.clone(),
+        ..PodContext::default()
+    }
+}
+
+/// The enabled guardrail findings for the injected pod. A Job the engine already warned about
+/// is not reported a second time as `job-never-completes`.
+fn findings(
+    config: &Config,
+    injected: &Value,
+    ctx: &PodContext,
+    engine_warnings: &[String],
+) -> Vec<analyze::Finding> {
+    let job_warned = inject::jobs::job_owner(injected)
+        .is_some_and(|owner| engine_warnings.contains(&inject::jobs::job_warning(&owner)));
+    analyze::analyze_pod(injected, ctx)
+        .into_iter()
+        .filter(|f| config.finding_enabled(f.id))
+        .filter(|f| !(job_warned && f.id == analyze::JOB_NEVER_COMPLETES))
+        .collect()
+}
+
 /// The AdmissionReview that answers `review` with `decision`.
 pub fn response(review: &Review, decision: &Decision) -> Value {
     let mut resp = Map::new();
@@ -286,7 +335,9 @@ pub fn response(review: &Review, decision: &Decision) -> Value {
             resp.insert("allowed".into(), Value::Bool(true));
             audit.insert("reason".into(), Value::String(pass.label().into()));
         }
-        Decision::Patch { patch, warnings } => {
+        Decision::Patch {
+            patch, warnings, ..
+        } => {
             resp.insert("allowed".into(), Value::Bool(true));
             resp.insert("patchType".into(), Value::String("JSONPatch".into()));
             // Serializing a Patch (a list of plain ops over JSON values) cannot fail.
@@ -462,6 +513,7 @@ mod tests {
         let decision = Decision::Patch {
             patch,
             warnings: injected.warnings,
+            findings: Vec::new(),
         };
         let out = response(&review, &decision);
         let resp = &out["response"];

@@ -91,14 +91,14 @@ async fn a_changed_config_is_used_and_a_broken_one_is_not() {
     write_config(dir.path(), "policy: [unclosed\n");
     tls_client::eventually("the rejected reload to be counted", || async {
         let text = server.shared.metrics.encode();
-        text.contains(r#"sidecar_injector_config_reloads_total{result="failure"} 1"#)
+        text.contains(r#"sidecar_injection_config_reloads_total{result="failure"} 1"#)
             .then_some(())
     })
     .await;
     assert_eq!(outcome(&server).await.0, "injected");
     let text = server.shared.metrics.encode();
     assert!(
-        text.contains(r#"sidecar_injector_config_reloads_total{result="success"} 1"#),
+        text.contains(r#"sidecar_injection_config_reloads_total{result="success"} 1"#),
         "{text}"
     );
 }

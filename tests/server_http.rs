@@ -269,9 +269,10 @@ async fn the_trailing_slash_path_works_too() {
 }
 
 #[tokio::test]
-async fn metrics_count_answers_and_refusals() {
+async fn metrics_count_every_request_once_under_istio_names() {
     let server = Running::start(|_| {}).await;
     let client = server.client(Alpn::H2);
+    // A skip, an injection, a denial and a refusal.
     client
         .review(&review(
             "admission.k8s.io/v1",
@@ -281,24 +282,41 @@ async fn metrics_count_answers_and_refusals() {
         ))
         .await;
     client
+        .review(&review(
+            "admission.k8s.io/v1",
+            "CREATE",
+            "default",
+            app_pod(),
+        ))
+        .await;
+    let mut bad = app_pod();
+    bad["metadata"]["annotations"] = json!({"sidecar.istio.io/interceptionMode": "BOGUS"});
+    client
+        .review(&review("admission.k8s.io/v1", "CREATE", "default", bad))
+        .await;
+    client
         .send("POST", "/inject", Some("text/plain"), b"x".to_vec())
         .await;
     let (status, text) = server.admin_get("/metrics").await;
     assert_eq!(status, 200);
-    assert!(
-        text.contains(
-            r#"sidecar_injector_reviews_total{outcome="skipped",reason="not_pod_create"} 1"#
-        ),
-        "{text}"
-    );
-    assert!(
-        text.contains(r#"sidecar_injector_rejected_requests_total{code="415"} 1"#),
-        "{text}"
-    );
-    assert!(
-        text.contains("sidecar_injector_review_duration_seconds_count 2"),
-        "{text}"
-    );
+    for line in [
+        "sidecar_injection_requests_total 4",
+        "sidecar_injection_success_total 1",
+        r#"sidecar_injection_skip_total{reason="not_pod_create"} 1"#,
+        r#"sidecar_injection_failure_total{reason="invalid_annotations"} 1"#,
+        r#"sidecar_injection_failure_total{reason="unsupported_media_type"} 1"#,
+        "sidecar_injection_time_seconds_count 4",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+    // The served certificate's expiry, counted from now: rcgen's default is far ahead.
+    let expiry: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sidecar_injection_cert_expiry_seconds "))
+        .unwrap_or_else(|| panic!("no expiry gauge in\n{text}"))
+        .parse()
+        .unwrap();
+    assert!(expiry > 86_400, "{expiry}");
 }
 
 #[tokio::test]

@@ -103,7 +103,7 @@ async fn a_rotated_secret_is_served_and_a_broken_one_is_not() {
     std::fs::rename(root.path().join("..data_tmp"), root.path().join("..data")).unwrap();
     tls_client::eventually("the failed reload to be counted", || async {
         let text = shared.metrics.encode();
-        text.contains(r#"sidecar_injector_cert_reloads_total{result="failure"} 1"#)
+        text.contains(r#"sidecar_injection_cert_reloads_total{result="failure"} 1"#)
             .then_some(())
     })
     .await;
@@ -114,7 +114,7 @@ async fn a_rotated_secret_is_served_and_a_broken_one_is_not() {
         shared
             .metrics
             .encode()
-            .contains(r#"sidecar_injector_cert_reloads_total{result="success"} 1"#)
+            .contains(r#"sidecar_injection_cert_reloads_total{result="success"} 1"#)
     );
 
     let _ = stop.send(());
@@ -177,7 +177,9 @@ async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
             dir.path().join("tls.key").to_str().unwrap(),
         ])
         .args(["--shutdown-grace", "0", "--log-format", "json"])
-        .stderr(std::process::Stdio::null())
+        .args(["--log-level", "info", "--native-sidecars", "false"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -211,6 +213,29 @@ async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
     })
     .await;
     assert!(status.success(), "{status:?}");
+
+    // One JSON log line per review, carrying the review's span with its fields.
+    let mut stderr = String::new();
+    let mut pipe = child.stderr.take().unwrap();
+    tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut stderr)
+        .await
+        .unwrap();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let reviews: Vec<_> = lines
+        .iter()
+        .filter(|l| l["span"]["name"] == "review")
+        .collect();
+    assert_eq!(reviews.len(), 1, "{stderr}");
+    let span = &reviews[0]["span"];
+    assert_eq!(span["uid"], UID);
+    assert_eq!(span["namespace"], "default");
+    assert_eq!(span["pod"], "hello-5d4f7c8b9-*");
+    assert_eq!(span["outcome"], "skipped");
+    assert_eq!(span["reason"], "not_pod_create");
+    assert!(span["duration_us"].is_u64(), "{span}");
 }
 
 #[tokio::test]
@@ -233,4 +258,142 @@ async fn the_binary_refuses_to_start_without_a_certificate() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("tls.crt"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_binary_makes_its_own_certificate_and_says_how_to_call_it() {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.crt");
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidecar-injector"))
+        .arg("serve")
+        .arg("--tls-self-signed")
+        .args(["--tls-ca-out", ca_file.to_str().unwrap()])
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .args(["--admin-addr", "127.0.0.1:0"])
+        .args(["--shutdown-grace", "0", "--log-format", "json"])
+        .args(["--log-level", "warn", "--native-sidecars", "false"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let told = stdout.next_line().await.unwrap().unwrap();
+    assert!(
+        told.contains(&ca_file.display().to_string()) && told.contains("localhost"),
+        "{told}"
+    );
+    let curl = stdout.next_line().await.unwrap().unwrap();
+    assert!(
+        curl.starts_with("Try: curl --cacert ")
+            && curl.ends_with(&format!("https://localhost:{port}/inject")),
+        "{curl}"
+    );
+
+    // A client that trusts only the written CA gets an injection.
+    let ca: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&ca_file)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let reply = Client::new(addr, &ca, Alpn::Http1)
+        .review(&review(
+            "admission.k8s.io/v1",
+            "CREATE",
+            "default",
+            app_pod(),
+        ))
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["response"]["patchType"], "JSONPatch");
+
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tls_client::eventually("the binary to exit", || {
+        let status = child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    assert!(status.success(), "{status:?}");
+    // --log-level warn: the per-review info lines are not written.
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert!(!stderr.contains(r#""level":"INFO""#), "{stderr}");
+}
+
+#[tokio::test]
+async fn installed_certificates_gate_readiness_and_swap_on_the_next_handshake() {
+    use sidecar_injector::server::CertSource;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Settings::new("127.0.0.1:0".parse().unwrap(), CertSource::Installed);
+    s.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    s.shutdown_grace = Duration::ZERO;
+    let server = Server::bind(s).await.unwrap();
+    let (addr, admin) = (server.local_addr(), server.admin_addr().unwrap());
+    let shared = server.shared();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let running = Running::attach(addr, admin, shared.clone(), dir);
+
+    // Serving, but nothing to present yet: not ready, no expiry reported.
+    tls_client::eventually("the admin listener", || async {
+        (running.admin_get("/healthz").await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(running.admin_get("/readyz").await.0, 503);
+    assert!(!shared.metrics.encode().contains("cert_expiry"));
+
+    let pair = |name: &str| {
+        let made = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        (
+            made.cert.pem(),
+            made.signing_key.serialize_pem(),
+            made.cert.der().clone(),
+        )
+    };
+    let (cert, key, first) = pair("localhost");
+    shared.install_cert(&cert, &key, "test");
+    assert_eq!(running.admin_get("/readyz").await.0, 200);
+    assert!(shared.metrics.encode().contains("cert_expiry_seconds"));
+    let body = review("admission.k8s.io/v1", "UPDATE", "default", app_pod());
+    let (cert2, key2, second) = pair("localhost");
+    let client = Client::new(addr, &[first.clone(), second.clone()], Alpn::H2);
+    assert_eq!(client.review(&body).await.leaf, first);
+
+    shared.install_cert(&cert2, &key2, "test");
+    assert_eq!(client.review(&body).await.leaf, second);
+
+    // A key that does not belong to the certificate is refused; the last good pair stays.
+    shared.install_cert(&cert, &key2, "test");
+    assert_eq!(client.review(&body).await.leaf, second);
+    let text = shared.metrics.encode();
+    assert!(
+        text.contains(r#"sidecar_injection_cert_reloads_total{result="success"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"sidecar_injection_cert_reloads_total{result="failure"} 1"#),
+        "{text}"
+    );
+
+    let _ = stop.send(());
+    task.await.unwrap();
 }

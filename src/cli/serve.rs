@@ -1,15 +1,23 @@
 //! `sidecar-injector serve`: the HTTPS admission webhook.
+//!
+//! The serving certificate comes from one of three places: PEM files (a mounted Secret, the
+//! default), `--tls-self-signed` (generated at start-up, for local use), or
+//! `--self-managed-certs` (a CA and certificate the server keeps in a Secret itself).
 
+use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tracing::warn;
+use tracing::{error, warn};
 
+use crate::certs::{self, SelfManagedArgs};
+use crate::cluster::{self, Version};
 use crate::config::NativeMode;
-use crate::server::{self, CertFiles, Server, Settings};
+use crate::server::self_signed::{self, SelfSigned};
+use crate::server::{self, CertFiles, CertSource, Server, Settings};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -18,7 +26,7 @@ pub struct ServeArgs {
         long = "addr",
         alias = "listen",
         env = "SIDECAR_INJECTOR_ADDR",
-        default_value = "0.0.0.0:8443"
+        default_value = "0.0.0.0:9443"
     )]
     pub listen: SocketAddr,
 
@@ -31,12 +39,13 @@ pub struct ServeArgs {
     )]
     pub admin_listen: SocketAddr,
 
-    /// PEM certificate chain served by the webhook (leaf first).
+    /// PEM certificate chain served by the webhook (leaf first), reloaded when it changes.
     #[arg(
         long = "tls-cert-file",
         alias = "tls-cert",
         env = "SIDECAR_INJECTOR_TLS_CERT_FILE",
-        default_value = "/etc/sidecar-injector/certs/tls.crt"
+        default_value = "/etc/sidecar-injector/certs/tls.crt",
+        conflicts_with = "self_managed_certs"
     )]
     pub tls_cert: PathBuf,
 
@@ -45,14 +54,50 @@ pub struct ServeArgs {
         long = "tls-key-file",
         alias = "tls-key",
         env = "SIDECAR_INJECTOR_TLS_KEY_FILE",
-        default_value = "/etc/sidecar-injector/certs/tls.key"
+        default_value = "/etc/sidecar-injector/certs/tls.key",
+        conflicts_with = "self_managed_certs"
     )]
     pub tls_key: PathBuf,
 
+    /// Generate a CA and a serving certificate for localhost, 127.0.0.1 and ::1 at start-up
+    /// (for local use; no certificate files needed).
+    #[arg(
+        long,
+        conflicts_with_all = ["tls_cert", "tls_key", "self_managed_certs"]
+    )]
+    pub tls_self_signed: bool,
+
+    /// Another DNS name or IP address for the self-signed certificate (repeatable).
+    #[arg(
+        long = "tls-dns-name",
+        value_name = "NAME",
+        requires = "tls_self_signed"
+    )]
+    pub tls_dns_names: Vec<String>,
+
+    /// Where to write the self-signed certificate's CA (PEM) for clients to trust [default: a
+    /// file in the system temp directory].
+    #[arg(long, value_name = "FILE", requires = "tls_self_signed")]
+    pub tls_ca_out: Option<PathBuf>,
+
+    /// Boxed: its many optional strings would make every `Command` as large as `serve`.
+    #[command(flatten)]
+    pub self_managed: Box<SelfManagedArgs>,
+
     /// Native sidecars (`true`, `false` or `auto`); overrides
-    /// `values.sidecarInjectorWebhook.nativeSidecars` of the config.
+    /// `values.sidecarInjectorWebhook.nativeSidecars` of the config. `auto` turns them on while
+    /// every node's kubelet is at least --native-sidecars-min-kubelet.
     #[arg(long, env = "SIDECAR_INJECTOR_NATIVE_SIDECARS")]
     pub native_sidecars: Option<NativeMode>,
+
+    /// Lowest kubelet version for native sidecars `auto` (e.g. 1.33, v1.33.2).
+    #[arg(
+        long,
+        env = "SIDECAR_INJECTOR_NATIVE_SIDECARS_MIN_KUBELET",
+        default_value = "1.33",
+        value_name = "VERSION"
+    )]
+    pub native_sidecars_min_kubelet: Version,
 
     /// Directory of the mounted ConfigMap (files `config`, `values`, `mesh`), reloaded on
     /// change. Without it the embedded default config is used.
@@ -88,29 +133,35 @@ pub struct ServeArgs {
     )]
     pub log: String,
 
-    /// Log format.
-    #[arg(long, env = "SIDECAR_INJECTOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    /// Log format (`plain` is accepted for `text`).
+    #[arg(long, env = "SIDECAR_INJECTOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
-    Plain,
+    #[value(alias = "plain")]
+    Text,
     Json,
 }
 
 impl ServeArgs {
+    /// The server settings. The certificate source is the files, or nothing yet when
+    /// certificates are self-managed; `run` puts the generated pair in for `--tls-self-signed`.
     pub fn settings(&self) -> Settings {
-        let mut settings = Settings::new(
-            self.listen,
-            CertFiles {
+        let tls = if self.self_managed.enabled {
+            CertSource::Installed
+        } else {
+            CertSource::Files(CertFiles {
                 cert: self.tls_cert.clone(),
                 key: self.tls_key.clone(),
-            },
-        );
+            })
+        };
+        let mut settings = Settings::new(self.listen, tls);
         settings.admin_listen = Some(self.admin_listen);
         settings.config_dir = self.config_dir.clone();
         settings.native_sidecars = self.native_sidecars;
+        settings.native_min_kubelet = self.native_sidecars_min_kubelet;
         settings.reload_interval = Duration::from_secs(self.reload_interval);
         settings.max_body_bytes = self.max_body_bytes;
         settings.read_timeout = Duration::from_secs(self.read_timeout);
@@ -118,13 +169,54 @@ impl ServeArgs {
         settings.drain_timeout = Duration::from_secs(self.drain_timeout);
         settings
     }
+
+    /// Where the self-signed CA goes.
+    pub fn ca_out(&self) -> PathBuf {
+        self.tls_ca_out
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("sidecar-injector-ca.crt"))
+    }
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(&args.log, args.log_format)?;
+    let self_managed = args.self_managed.options()?;
+    let mut settings = args.settings();
+    let self_signed = if args.tls_self_signed {
+        let made = self_signed::generate(&args.tls_dns_names)
+            .context("cannot generate the self-signed certificate")?;
+        settings.tls = CertSource::Pem {
+            cert: made.cert_pem.clone(),
+            key: made.key_pem.clone(),
+        };
+        Some(made)
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let server = Server::bind(args.settings()).await?;
+        let server = Server::bind(settings).await?;
+        if let Some(made) = &self_signed {
+            announce_self_signed(made, &args.ca_out(), server.local_addr())?;
+        }
+        let cert_task = match self_managed {
+            Some(options) => {
+                let client = cluster::client()
+                    .await
+                    .context("self-managed certificates need access to the cluster")?;
+                let shared = server.shared();
+                let origin = format!("Secret {}/{}", options.namespace, options.secret);
+                Some(tokio::spawn(async move {
+                    let installed = move |pair: certs::CertPair| {
+                        shared.install_cert(&pair.cert_pem, &pair.key_pem, &origin);
+                    };
+                    if let Err(err) = certs::run(client, options, installed).await {
+                        error!(error = %err, "self-managed certificates stopped; no certificate will be served");
+                    }
+                }))
+            }
+            None => None,
+        };
         server
             .run(async {
                 server::shutdown::signal().await;
@@ -136,8 +228,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 });
             })
             .await;
+        if let Some(task) = cert_task {
+            task.abort();
+        }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Writes the CA for clients and tells the user how to call the server.
+fn announce_self_signed(made: &SelfSigned, ca_out: &Path, addr: SocketAddr) -> anyhow::Result<()> {
+    std::fs::write(ca_out, &made.ca_pem)
+        .with_context(|| format!("cannot write the CA to {}", ca_out.display()))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "Self-signed certificate for {}; its CA is in {}",
+        made.names.join(", "),
+        ca_out.display()
+    )?;
+    writeln!(out, "Try: {}", self_signed::curl_example(addr, ca_out))?;
+    out.flush()?;
+    Ok(())
 }
 
 fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
@@ -147,7 +258,7 @@ fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let result = match format {
-        LogFormat::Plain => builder.try_init(),
+        LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     result.map_err(|err| anyhow::anyhow!("cannot set up logging: {err}"))
@@ -171,6 +282,13 @@ mod tests {
         }
     }
 
+    fn files(s: &Settings) -> &CertFiles {
+        match &s.tls {
+            CertSource::Files(files) => files,
+            other => panic!("not files: {other:?}"),
+        }
+    }
+
     #[test]
     fn flags_reach_the_settings() {
         let args = serve(&[
@@ -179,7 +297,8 @@ mod tests {
             "--tls-cert-file=/certs/tls.crt",
             "--tls-key-file=/certs/tls.key",
             "--config-dir=/etc/injector",
-            "--native-sidecars=true",
+            "--native-sidecars=auto",
+            "--native-sidecars-min-kubelet=v1.31",
             "--max-body-bytes=1024",
             "--log-level=sidecar_injector=debug",
             "--log-format=json",
@@ -189,10 +308,11 @@ mod tests {
         let s = args.settings();
         assert_eq!(s.listen, "127.0.0.1:9443".parse().unwrap());
         assert_eq!(s.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
-        assert_eq!(s.tls.cert, PathBuf::from("/certs/tls.crt"));
-        assert_eq!(s.tls.key, PathBuf::from("/certs/tls.key"));
+        assert_eq!(files(&s).cert, PathBuf::from("/certs/tls.crt"));
+        assert_eq!(files(&s).key, PathBuf::from("/certs/tls.key"));
         assert_eq!(s.config_dir, Some(PathBuf::from("/etc/injector")));
-        assert_eq!(s.native_sidecars, Some(NativeMode::Enabled));
+        assert_eq!(s.native_sidecars, Some(NativeMode::Auto));
+        assert_eq!(s.native_min_kubelet, "1.31.0".parse().unwrap());
         assert_eq!(s.max_body_bytes, 1024);
         assert_eq!(s.shutdown_grace, Duration::from_secs(2));
         assert_eq!(s.drain_timeout, Duration::from_secs(3));
@@ -202,19 +322,84 @@ mod tests {
 
     #[test]
     fn defaults_leave_the_config_in_charge() {
-        let s = serve(&[]).settings();
+        let args = serve(&[]);
+        let s = args.settings();
+        assert_eq!(s.listen, "0.0.0.0:9443".parse().unwrap());
         assert_eq!(s.native_sidecars, None);
+        assert_eq!(s.native_min_kubelet, cluster::DEFAULT_MIN_KUBELET);
         assert_eq!(s.config_dir, None);
         assert_eq!(s.max_body_bytes, server::DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(
+            files(&s).cert,
+            PathBuf::from("/etc/sidecar-injector/certs/tls.crt")
+        );
+        assert_eq!(args.log_format, LogFormat::Text);
+        assert!(!args.tls_self_signed);
+    }
+
+    #[test]
+    fn plain_is_another_name_for_text() {
+        assert_eq!(serve(&["--log-format=plain"]).log_format, LogFormat::Text);
+        assert_eq!(serve(&["--log-format=text"]).log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn self_signed_needs_no_files_and_takes_extra_names() {
+        let args = serve(&[
+            "--tls-self-signed",
+            "--tls-dns-name=injector.test",
+            "--tls-dns-name=10.0.0.5",
+            "--tls-ca-out=/tmp/x/ca.crt",
+        ]);
+        assert!(args.tls_self_signed);
+        assert_eq!(args.tls_dns_names, ["injector.test", "10.0.0.5"]);
+        assert_eq!(args.ca_out(), PathBuf::from("/tmp/x/ca.crt"));
+        let default = serve(&["--tls-self-signed"]).ca_out();
+        assert!(default.starts_with(std::env::temp_dir()), "{default:?}");
+    }
+
+    #[test]
+    fn self_managed_needs_no_files() {
+        let args = serve(&[
+            "--self-managed-certs",
+            "--self-managed-secret=injector-tls",
+            "--self-managed-webhook=injector",
+            "--self-managed-namespace=mesh",
+            "--self-managed-dns-name=injector.mesh.svc",
+        ]);
+        assert!(matches!(args.settings().tls, CertSource::Installed));
+        let options = args.self_managed.options().unwrap().unwrap();
+        assert_eq!(options.secret, "injector-tls");
+        assert_eq!(options.namespace, "mesh");
     }
 
     #[test]
     fn bad_values_are_refused() {
         for bad in [
             &["--native-sidecars=maybe"][..],
+            &["--native-sidecars-min-kubelet=latest"],
             &["--addr=nowhere"],
             &["--reload-interval=0"],
             &["--log-format=xml"],
+            // Names for a certificate that is not generated.
+            &["--tls-dns-name=x.test"],
+            &["--tls-ca-out=/tmp/ca.crt"],
+            // Two certificate sources at once.
+            &["--tls-self-signed", "--tls-cert-file=/c.crt"],
+            &[
+                "--tls-self-signed",
+                "--self-managed-certs",
+                "--self-managed-secret=s",
+                "--self-managed-webhook=w",
+                "--self-managed-dns-name=d",
+            ],
+            &[
+                "--tls-key-file=/k.key",
+                "--self-managed-certs",
+                "--self-managed-secret=s",
+                "--self-managed-webhook=w",
+                "--self-managed-dns-name=d",
+            ],
         ] {
             let argv = ["sidecar-injector", "serve"].iter().chain(bad);
             assert!(Cli::try_parse_from(argv).is_err(), "{bad:?} was accepted");

@@ -19,21 +19,23 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
+use crate::cluster::{self, Version};
 use crate::config::{Config, ConfigError, NativeMode};
 use crate::metrics::Metrics;
 
 pub mod admin;
 pub mod reload;
+pub mod self_signed;
 pub mod shutdown;
 pub mod state;
 pub mod tls;
 pub mod webhook;
 
 pub use state::{Limits, Shared};
-pub use tls::{CertFiles, TlsError};
+pub use tls::{CertFiles, CertSource, TlsError};
 
 use reload::{ConfigDir, ConfigReload};
-use tls::{CertResolver, Reload};
+use tls::CertResolver;
 
 /// Istio's limit on an AdmissionReview body.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
@@ -49,11 +51,16 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// The plain-HTTP admin address (`/healthz`, `/readyz`, `/metrics`); `None` disables it.
     pub admin_listen: Option<SocketAddr>,
-    pub tls: CertFiles,
+    pub tls: CertSource,
     /// A mounted ConfigMap directory; `None` runs on the embedded default config.
     pub config_dir: Option<PathBuf>,
     /// Native-sidecar mode for every config; `None` leaves it to the config's values.
     pub native_sidecars: Option<NativeMode>,
+    /// The lowest kubelet version that lets `auto` turn native sidecars on.
+    pub native_min_kubelet: Version,
+    /// Watch the cluster's Nodes when native sidecars are `auto` (off in tests that set the
+    /// kubelet versions themselves).
+    pub watch_nodes: bool,
     /// How often the certificate and config files are checked for changes.
     pub reload_interval: Duration,
     pub max_body_bytes: usize,
@@ -70,13 +77,15 @@ pub struct Settings {
 
 impl Settings {
     /// Settings with the defaults of the `serve` command.
-    pub fn new(listen: SocketAddr, tls: CertFiles) -> Settings {
+    pub fn new(listen: SocketAddr, tls: impl Into<CertSource>) -> Settings {
         Settings {
             listen,
             admin_listen: None,
-            tls,
+            tls: tls.into(),
             config_dir: None,
             native_sidecars: None,
+            native_min_kubelet: cluster::DEFAULT_MIN_KUBELET,
+            watch_nodes: true,
             reload_interval: Duration::from_secs(5),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             read_timeout: Duration::from_secs(10),
@@ -110,7 +119,6 @@ pub struct Server {
     webhook: TcpListener,
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
-    certs: Arc<CertResolver>,
     config_dir: Option<ConfigDir>,
     acceptor: TlsAcceptor,
 }
@@ -131,13 +139,7 @@ impl Server {
             max_body_bytes: settings.max_body_bytes,
             read_timeout: settings.read_timeout,
         };
-        let shared = Arc::new(Shared::new(config, limits, settings.native_sidecars));
-        if shared.native_mode(&shared.config.load()) == NativeMode::Auto {
-            warn!(
-                "native sidecars are `auto`, which needs the cluster's kubelet versions; \
-                 this server does not read them, so the proxy is injected as a classic container"
-            );
-        }
+        let shared = Arc::new(Shared::new(config, certs, limits, settings.native_sidecars));
         let webhook = listen(settings.listen).await?;
         let admin = match settings.admin_listen {
             Some(addr) => Some(listen(addr).await?),
@@ -148,7 +150,6 @@ impl Server {
             webhook,
             admin,
             shared,
-            certs,
             config_dir,
             acceptor,
         })
@@ -177,7 +178,6 @@ impl Server {
             webhook,
             admin,
             shared,
-            certs,
             config_dir,
             acceptor,
         } = self;
@@ -185,15 +185,25 @@ impl Server {
 
         let mut background = tokio::task::JoinSet::new();
         background.spawn(poll_certs(
-            certs,
             shared.clone(),
             settings.reload_interval,
             stop_rx.clone(),
         ));
+        let auto_now = shared.native_mode(&shared.config.load()) == NativeMode::Auto;
+        let (want_nodes, wanted) = watch::channel(auto_now);
+        if settings.watch_nodes {
+            background.spawn(watch_nodes(
+                shared.clone(),
+                settings.native_min_kubelet,
+                wanted,
+                stop_rx.clone(),
+            ));
+        }
         if let Some(dir) = config_dir {
             background.spawn(poll_config(
                 dir,
                 shared.clone(),
+                want_nodes,
                 settings.reload_interval,
                 stop_rx.clone(),
             ));
@@ -324,22 +334,9 @@ async fn every(interval: Duration, stop: watch::Receiver<bool>, mut tick: impl F
     }
 }
 
-async fn poll_certs(
-    certs: Arc<CertResolver>,
-    shared: Arc<Shared>,
-    interval: Duration,
-    stop: watch::Receiver<bool>,
-) {
-    every(interval, stop, || match certs.reload() {
-        Ok(Reload::Unchanged) => {}
-        Ok(Reload::Swapped) => {
-            info!("serving certificate reloaded");
-            Metrics::reload(&shared.metrics.cert_reloads, true);
-        }
-        Err(err) => {
-            error!(error = %err, "serving certificate not reloaded; the previous one stays in use");
-            Metrics::reload(&shared.metrics.cert_reloads, false);
-        }
+async fn poll_certs(shared: Arc<Shared>, interval: Duration, stop: watch::Receiver<bool>) {
+    every(interval, stop, || {
+        shared.cert_reloaded(shared.certs.reload())
     })
     .await
 }
@@ -347,12 +344,18 @@ async fn poll_certs(
 async fn poll_config(
     dir: ConfigDir,
     shared: Arc<Shared>,
+    want_nodes: watch::Sender<bool>,
     interval: Duration,
     stop: watch::Receiver<bool>,
 ) {
     every(interval, stop, || match dir.reload() {
         Ok(ConfigReload::Unchanged) => {}
         Ok(ConfigReload::Changed(config)) => {
+            // A config that turns `auto` on starts the node watch; it is never stopped again,
+            // as the next config may want it back.
+            if shared.native_mode(&config) == NativeMode::Auto {
+                want_nodes.send_if_modified(|wanted| !std::mem::replace(wanted, true));
+            }
             shared.config.store(config);
             info!(dir = %dir.path().display(), "injection config reloaded");
             Metrics::reload(&shared.metrics.config_reloads, true);
@@ -363,4 +366,41 @@ async fn poll_config(
         }
     })
     .await
+}
+
+/// Feeds native sidecars `auto` with the cluster's kubelet versions, from the first moment
+/// `auto` is in force until shutdown. Without cluster access `auto` stays off; that is said
+/// once, as it will not change while the process runs.
+async fn watch_nodes(
+    shared: Arc<Shared>,
+    min: Version,
+    mut wanted: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+) {
+    let stopped = stopped(stop);
+    tokio::pin!(stopped);
+    tokio::select! {
+        () = &mut stopped => return,
+        result = wanted.wait_for(|wanted| *wanted) => if result.is_err() {
+            // The config is never reloaded, and it does not ask for `auto`.
+            return;
+        },
+    }
+    let client = match cluster::client().await {
+        Ok(client) => client,
+        Err(err) => {
+            warn!(
+                error = %err,
+                "native sidecars are `auto` but the cluster's kubelet versions cannot be read; \
+                 injecting classic sidecars"
+            );
+            return;
+        }
+    };
+    info!(min_kubelet = %min, "native sidecars are `auto`: watching the cluster's nodes");
+    let watch = cluster::nodes::watch(client, min, |kubelets| shared.set_kubelets(kubelets));
+    tokio::select! {
+        () = &mut stopped => {}
+        () = watch => {}
+    }
 }

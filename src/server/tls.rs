@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -25,18 +25,14 @@ pub enum TlsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} holds no PEM certificate")]
-    NoCertificate { path: PathBuf },
-    #[error("{path} is not a PEM certificate chain: {message}")]
-    BadCertificate { path: PathBuf, message: String },
-    #[error("{path} holds no usable PEM private key: {message}")]
-    BadKey { path: PathBuf, message: String },
-    #[error("the key in {key} does not match the certificate in {cert}: {message}")]
-    Mismatch {
-        cert: PathBuf,
-        key: PathBuf,
-        message: String,
-    },
+    #[error("{origin} holds no PEM certificate")]
+    NoCertificate { origin: String },
+    #[error("{origin} is not a PEM certificate chain: {message}")]
+    BadCertificate { origin: String, message: String },
+    #[error("{origin} holds no usable PEM private key: {message}")]
+    BadKey { origin: String, message: String },
+    #[error("the key does not match the certificate ({origin}): {message}")]
+    Mismatch { origin: String, message: String },
 }
 
 /// Where the PEM certificate chain and private key live (`tls.crt` and `tls.key` of a Secret).
@@ -54,27 +50,58 @@ impl CertFiles {
 
     /// Parses and checks the chain and key. The key must match the first certificate.
     pub fn parse(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, TlsError> {
-        let chain = CertificateDer::pem_slice_iter(cert_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TlsError::BadCertificate {
-                path: self.cert.clone(),
-                message: e.to_string(),
-            })?;
-        if chain.is_empty() {
-            return Err(TlsError::NoCertificate {
-                path: self.cert.clone(),
-            });
-        }
-        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::BadKey {
-            path: self.key.clone(),
+        let origin = format!("{} and {}", self.cert.display(), self.key.display());
+        parse_pem(cert_pem, key_pem, &origin)
+    }
+}
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone)]
+pub enum CertSource {
+    /// PEM files, polled for changes (a mounted Secret).
+    Files(CertFiles),
+    /// A PEM pair fixed at start-up (`--tls-self-signed`).
+    Pem { cert: String, key: String },
+    /// Pairs installed at run time through [`CertResolver::install`] (self-managed
+    /// certificates); nothing is served until the first one arrives.
+    Installed,
+}
+
+impl From<CertFiles> for CertSource {
+    fn from(files: CertFiles) -> CertSource {
+        CertSource::Files(files)
+    }
+}
+
+/// Parses a PEM chain (leaf first) and its private key; `origin` names them in errors.
+pub fn parse_pem(cert_pem: &[u8], key_pem: &[u8], origin: &str) -> Result<CertifiedKey, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::BadCertificate {
+            origin: origin.to_owned(),
             message: e.to_string(),
         })?;
-        CertifiedKey::from_der(chain, key, &provider()).map_err(|e| TlsError::Mismatch {
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-            message: e.to_string(),
-        })
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            origin: origin.to_owned(),
+        });
     }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::BadKey {
+        origin: origin.to_owned(),
+        message: e.to_string(),
+    })?;
+    CertifiedKey::from_der(chain, key, &provider()).map_err(|e| TlsError::Mismatch {
+        origin: origin.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// The leaf's `notAfter` in Unix seconds, for the expiry gauge; `None` if it cannot be read
+/// (rustls accepted the chain, so this is not expected).
+pub fn not_after(certified: &CertifiedKey) -> Option<i64> {
+    let leaf = certified.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -89,13 +116,16 @@ pub fn provider() -> CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 
-/// Hands every handshake the current certificate; [`CertResolver::reload`] swaps it.
+/// Hands every handshake the current certificate; [`CertResolver::reload`] and
+/// [`CertResolver::install`] swap it.
 #[derive(Debug)]
 pub struct CertResolver {
-    files: CertFiles,
-    current: ArcSwap<CertifiedKey>,
+    /// The files to poll, for [`CertSource::Files`].
+    files: Option<CertFiles>,
+    /// `None` only while waiting for the first installed certificate; handshakes fail then.
+    current: ArcSwapOption<CertifiedKey>,
     /// The bytes of the last load attempt, good or bad: a broken pair is reported once and
-    /// tried again only when either file changes.
+    /// tried again only when either file (or the installed PEM) changes.
     seen: std::sync::Mutex<(Vec<u8>, Vec<u8>)>,
 }
 
@@ -110,45 +140,88 @@ pub enum Reload {
 
 impl CertResolver {
     /// Loads the certificate, failing if the files are missing or invalid, so a misconfigured
-    /// server never starts.
-    pub fn load(files: CertFiles) -> Result<CertResolver, TlsError> {
-        let (cert, key) = files.read()?;
-        let certified = files.parse(&cert, &key)?;
+    /// server never starts. [`CertSource::Installed`] starts empty.
+    pub fn load(source: impl Into<CertSource>) -> Result<CertResolver, TlsError> {
+        let (files, current, seen) = match source.into() {
+            CertSource::Files(files) => {
+                let (cert, key) = files.read()?;
+                let certified = files.parse(&cert, &key)?;
+                (Some(files), Some(Arc::new(certified)), (cert, key))
+            }
+            CertSource::Pem { cert, key } => {
+                let certified = parse_pem(cert.as_bytes(), key.as_bytes(), "the generated pair")?;
+                let seen = (cert.into_bytes(), key.into_bytes());
+                (None, Some(Arc::new(certified)), seen)
+            }
+            CertSource::Installed => (None, None, (Vec::new(), Vec::new())),
+        };
         Ok(CertResolver {
             files,
-            current: ArcSwap::from_pointee(certified),
-            seen: std::sync::Mutex::new((cert, key)),
+            current: ArcSwapOption::new(current),
+            seen: std::sync::Mutex::new(seen),
         })
     }
 
     /// Re-reads the files; on a change, parses them and swaps the certificate. On error the
-    /// last good certificate stays in force.
+    /// last good certificate stays in force. Without files there is nothing to re-read.
     pub fn reload(&self) -> Result<Reload, TlsError> {
-        let (cert, key) = self.files.read()?;
+        let Some(files) = &self.files else {
+            return Ok(Reload::Unchanged);
+        };
+        let (cert, key) = files.read()?;
+        let origin = format!("{} and {}", files.cert.display(), files.key.display());
+        self.swap(cert, key, &origin)
+    }
+
+    /// Serves `cert_pem`/`key_pem` from the next handshake on, unless they fail to parse, in
+    /// which case the certificate in use stays.
+    pub fn install(&self, cert_pem: &str, key_pem: &str, origin: &str) -> Result<Reload, TlsError> {
+        self.swap(
+            cert_pem.as_bytes().to_vec(),
+            key_pem.as_bytes().to_vec(),
+            origin,
+        )
+    }
+
+    fn swap(&self, cert: Vec<u8>, key: Vec<u8>, origin: &str) -> Result<Reload, TlsError> {
         let mut seen = self
             .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if seen.0 == cert && seen.1 == key {
+        if seen.0 == cert && seen.1 == key && self.current.load().is_some() {
             return Ok(Reload::Unchanged);
         }
         // A Secret update swaps both files at once, but a poll can fall between two plain file
         // writes; the second write changes the content, so the pair is tried again then.
-        let parsed = self.files.parse(&cert, &key);
+        let parsed = parse_pem(&cert, &key, origin);
         *seen = (cert, key);
-        self.current.store(Arc::new(parsed?));
+        self.current.store(Some(Arc::new(parsed?)));
         Ok(Reload::Swapped)
     }
 
-    /// The certificate chain in use (the leaf first).
+    /// Whether a certificate is being served.
+    pub fn has_cert(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// The certificate chain in use (the leaf first); empty before the first one.
     pub fn chain(&self) -> Vec<CertificateDer<'static>> {
-        self.current.load().cert.clone()
+        self.current
+            .load()
+            .as_ref()
+            .map(|c| c.cert.clone())
+            .unwrap_or_default()
+    }
+
+    /// The `notAfter` of the leaf in use, in Unix seconds.
+    pub fn not_after(&self) -> Option<i64> {
+        self.current.load().as_deref().and_then(not_after)
     }
 }
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
+        self.current.load_full()
     }
 }
 

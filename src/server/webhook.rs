@@ -14,8 +14,7 @@ use serde_json::Value;
 use tracing::{Instrument, error, field, info, info_span, warn};
 
 use super::state::Shared;
-use crate::admission::{self, AdmitError, Review};
-use crate::metrics::RejectLabels;
+use crate::admission::{self, AdmitError, Decision, Review};
 
 /// The webhook routes. `/inject/` is accepted too because Istio's webhook configurations use both.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -25,73 +24,129 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-async fn inject(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
-    let started = Instant::now();
-    let response = answer(&shared, &headers, body).await;
-    shared
-        .metrics
-        .review_seconds
-        .observe(started.elapsed().as_secs_f64());
-    response
+/// How a request ended, for the span, the log line and the metrics.
+struct Answered {
+    response: Response,
+    /// `injected`, `skipped`, `denied`, `refused` (HTTP 4xx before the engine) or `error`.
+    outcome: &'static str,
+    /// The skip, denial, refusal or error reason; empty for `injected`.
+    reason: &'static str,
+    /// Why a request was refused or failed, for the log.
+    detail: Option<String>,
 }
 
-async fn answer(shared: &Shared, headers: &HeaderMap, body: Body) -> Response {
+/// One span per request, its fields filled in as they become known, and one log line in it
+/// when the answer is ready.
+async fn inject(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    shared.metrics.requests.inc();
+    let span = info_span!(
+        "review",
+        uid = field::Empty,
+        namespace = field::Empty,
+        pod = field::Empty,
+        dry_run = field::Empty,
+        outcome = field::Empty,
+        reason = field::Empty,
+        warnings = field::Empty,
+        duration_us = field::Empty,
+    );
+    let answered = answer(&shared, &headers, body)
+        .instrument(span.clone())
+        .await;
+    let elapsed = started.elapsed();
+    shared.metrics.time_seconds.observe(elapsed.as_secs_f64());
+    match answered.outcome {
+        "injected" => {
+            shared.metrics.success.inc();
+        }
+        "skipped" => shared.metrics.skipped(answered.reason),
+        _ => shared.metrics.failed(answered.reason),
+    }
+    span.record("outcome", answered.outcome);
+    if !answered.reason.is_empty() {
+        span.record("reason", answered.reason);
+    }
+    span.record(
+        "duration_us",
+        u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+    );
+    span.in_scope(|| match (answered.outcome, &answered.detail) {
+        ("error", detail) => error!(error = detail.as_deref(), "review failed"),
+        ("refused", detail) => warn!(error = detail.as_deref(), "request refused"),
+        _ => info!("review answered"),
+    });
+    answered.response
+}
+
+async fn answer(shared: &Shared, headers: &HeaderMap, body: Body) -> Answered {
     if !is_json(headers) {
         let found = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("none");
         let message = format!("Content-Type must be application/json, found {found:?}");
-        return reject(shared, StatusCode::UNSUPPORTED_MEDIA_TYPE, &message, None);
+        return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, message);
     }
     let body = match read_body(shared, headers, body).await {
         Ok(body) => body,
-        Err((code, message)) => return reject(shared, code, &message, None),
+        Err((code, message)) => return refuse(code, message),
     };
     let review = match Review::from_slice(&body) {
         Ok(review) => review,
-        Err(err) => return reject(shared, StatusCode::BAD_REQUEST, &err.to_string(), None),
+        Err(err) => return refuse(StatusCode::BAD_REQUEST, err.to_string()),
     };
     drop(body);
-    let span = info_span!(
-        "review",
-        uid = %review.uid,
-        namespace = review.namespace.as_deref().unwrap_or_default(),
-        pod = %review.display_name(),
-        dry_run = review.dry_run,
-        outcome = field::Empty,
-        reason = field::Empty,
-    );
-    async {
-        let config = shared.config.load_full();
-        let native = shared.native_sidecars(&config);
-        match admission::decide(&config, &review, native) {
-            Ok(decision) => {
-                let (outcome, reason) = (decision.outcome(), decision.reason());
-                let span = tracing::Span::current();
-                span.record("outcome", outcome);
-                span.record("reason", reason);
-                shared.metrics.review(outcome, reason);
-                info!("answered");
-                axum::Json(admission::response(&review, &decision)).into_response()
+    let span = tracing::Span::current();
+    span.record("uid", review.uid.as_str());
+    span.record("namespace", review.namespace.as_deref().unwrap_or_default());
+    span.record("pod", review.display_name());
+    span.record("dry_run", review.dry_run);
+
+    let config = shared.config.load_full();
+    let node = review
+        .object
+        .as_ref()
+        .and_then(|pod| pod.pointer("/spec/nodeName"))
+        .and_then(Value::as_str)
+        .filter(|node| !node.is_empty());
+    let native = shared.native_sidecars(&config, node);
+    match admission::decide(&config, &review, native) {
+        Ok(decision) => {
+            if let Decision::Patch {
+                warnings, findings, ..
+            } = &decision
+            {
+                span.record("warnings", warnings.len());
+                for finding in findings {
+                    shared.metrics.warned(finding);
+                }
             }
-            Err(err) => {
-                let reason = match err {
-                    AdmitError::Inject(_) => "inject_failed",
-                    AdmitError::Panic(_) => "panic",
-                };
-                error!(error = %err, "injection failed");
-                shared.metrics.review("error", reason);
-                status_response(
+            Answered {
+                response: axum::Json(admission::response(&review, &decision)).into_response(),
+                outcome: decision.outcome(),
+                reason: decision.reason(),
+                detail: None,
+            }
+        }
+        Err(err) => {
+            let reason = match err {
+                AdmitError::Inject(_) => "inject_failed",
+                AdmitError::Panic(_) => "panic",
+            };
+            let message = err.to_string();
+            Answered {
+                response: status_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    &err.to_string(),
+                    &message,
                     Some(&review.uid),
-                )
+                ),
+                outcome: "error",
+                reason,
+                detail: Some(message),
             }
         }
     }
-    .instrument(span)
-    .await
 }
 
 /// `application/json`, with or without parameters such as `charset=utf-8`.
@@ -151,16 +206,21 @@ async fn read_body(
     }
 }
 
-fn reject(shared: &Shared, code: StatusCode, message: &str, uid: Option<&str>) -> Response {
-    warn!(code = code.as_u16(), message, "request refused");
-    shared
-        .metrics
-        .rejected
-        .get_or_create(&RejectLabels {
-            code: code.as_u16(),
-        })
-        .inc();
-    status_response(code, message, uid)
+/// An HTTP refusal before the engine ran (the request is not a review we can answer).
+fn refuse(code: StatusCode, message: String) -> Answered {
+    let reason = match code {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::REQUEST_TIMEOUT => "body_timeout",
+        _ => "refused",
+    };
+    Answered {
+        response: status_response(code, &message, None),
+        outcome: "refused",
+        reason,
+        detail: Some(message),
+    }
 }
 
 fn status_response(code: StatusCode, message: &str, uid: Option<&str>) -> Response {

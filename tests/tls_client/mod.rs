@@ -74,6 +74,25 @@ impl Running {
         }
     }
 
+    /// Wraps a server started by the test itself, for the admin helpers; `signal` does
+    /// nothing on it.
+    pub fn attach(
+        addr: SocketAddr,
+        admin: SocketAddr,
+        shared: Arc<Shared>,
+        dir: tempfile::TempDir,
+    ) -> Running {
+        Running {
+            addr,
+            admin,
+            shared,
+            dir,
+            trusted: Vec::new(),
+            stop: None,
+            task: tokio::spawn(async {}),
+        }
+    }
+
     pub fn client(&self, alpn: Alpn) -> Client {
         Client::new(self.addr, &self.trusted, alpn)
     }

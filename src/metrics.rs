@@ -61,6 +61,8 @@ pub struct Metrics {
     pub cert_reloads: Family<ReloadLabels, Counter>,
     /// 1 while native sidecars are `auto` and the cluster's kubelets allow them, else 0.
     pub native_auto: Gauge,
+    /// Nodes whose kubelet version the node watch knows.
+    pub nodes_watched: Gauge,
     cert_expiry: std::sync::Arc<CertExpiry>,
 }
 
@@ -128,6 +130,12 @@ impl Metrics {
             "1 while native sidecars are `auto` and every node's kubelet is recent enough",
             native_auto.clone(),
         );
+        let nodes_watched = Gauge::default();
+        registry.register(
+            "sidecar_injection_nodes_watched",
+            "Nodes whose kubelet version is known to native sidecars `auto`",
+            nodes_watched.clone(),
+        );
         let cert_expiry = std::sync::Arc::new(CertExpiry::default());
         registry.register_collector(Box::new(cert_expiry.clone()));
         Metrics {
@@ -141,6 +149,7 @@ impl Metrics {
             config_reloads,
             cert_reloads,
             native_auto,
+            nodes_watched,
             cert_expiry,
         }
     }

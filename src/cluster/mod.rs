@@ -18,6 +18,11 @@ pub enum ClusterError {
 /// A client from the in-cluster service account, else the kubeconfig (`KUBECONFIG`,
 /// `~/.kube/config`).
 pub async fn client() -> Result<kube::Client, ClusterError> {
+    // kube builds its TLS config from rustls' process-wide provider, which rustls picks from
+    // its crate features; if a dependency ever enables a second provider (tokio-rustls' default
+    // features add aws-lc-rs) it cannot pick and panics. Installing ring, the provider this
+    // crate serves with, rules that out; an error only means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     kube::Client::try_default()
         .await
         .map_err(ClusterError::NoAccess)

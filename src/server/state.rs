@@ -90,6 +90,8 @@ impl Shared {
     /// Takes a new decision of the node watch.
     pub fn set_kubelets(&self, kubelets: Kubelets) {
         let every_node = kubelets.allow(None);
+        let count = i64::try_from(kubelets.len()).unwrap_or(i64::MAX);
+        self.metrics.nodes_watched.set(count);
         let previous = self.kubelets.swap(Arc::new(kubelets));
         if previous.allow(None) != every_node {
             info!(

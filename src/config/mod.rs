@@ -77,7 +77,40 @@ pub struct Config {
     /// count, so per-request rendering never re-serializes them.
     pub(crate) values_ctx: minijinja::Value,
     pub(crate) mesh_ctx: minijinja::Value,
+    /// The ProxyConfig of pods without a `proxy.istio.io/config` annotation.
+    pub(crate) proxy_defaults: ProxyDefaults,
+    /// Parsed template output, by rendered text (a pure memo; see `inject::fragments`).
+    pub(crate) fragments: crate::inject::fragments::FragmentCache,
     native_mode: NativeMode,
+}
+
+/// The mesh's default ProxyConfig, and what templates see of it, computed once per load.
+#[derive(Debug)]
+pub(crate) struct ProxyDefaults {
+    pub config: Value,
+    pub ctx: minijinja::Value,
+    /// The PROXY_CONFIG value for it.
+    pub json: String,
+    /// The proxy's resources from `global.proxy.resources`.
+    pub resources: minijinja::Value,
+}
+
+impl ProxyDefaults {
+    fn new(mesh: &Value, values: &Value) -> ProxyDefaults {
+        let config = crate::inject::proxy_config::effective(mesh, None);
+        let istio_namespace = values
+            .pointer("/global/istioNamespace")
+            .and_then(Value::as_str)
+            .unwrap_or("istio-system");
+        ProxyDefaults {
+            ctx: minijinja::Value::from(minijinja::value::Serde(&config)),
+            json: crate::inject::proxy_config::cleaned_json(&config, istio_namespace),
+            resources: minijinja::Value::from(minijinja::value::Serde(
+                crate::inject::context::values_resources(values),
+            )),
+            config,
+        }
+    }
 }
 
 impl Config {
@@ -102,6 +135,8 @@ impl Config {
         let templates = Templates::compile(&injection.templates)?;
         injection.check_template_names(&templates)?;
         Ok(Config {
+            proxy_defaults: ProxyDefaults::new(&mesh, &values),
+            fragments: Default::default(),
             values_ctx: minijinja::Value::from(minijinja::value::Serde(&values)),
             mesh_ctx: minijinja::Value::from(minijinja::value::Serde(&mesh)),
             injection,

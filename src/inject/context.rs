@@ -15,6 +15,8 @@ pub(crate) struct Facts<'a> {
     pub native_sidecar: bool,
     pub hold_application: bool,
     pub proxy_config: &'a Value,
+    /// The pod has its own ProxyConfig annotation (else the config's precomputed default applies).
+    pub custom_proxy_config: bool,
     pub status_port: u16,
     pub interception_mode: &'a str,
     pub revision: &'a str,
@@ -23,19 +25,6 @@ pub(crate) struct Facts<'a> {
 /// Builds the context for the (stripped) pod `p`.
 pub(crate) fn build(config: &Config, p: &Value, facts: &Facts<'_>) -> J {
     let values = &config.values;
-    let mut metadata = pod::metadata(p).cloned().unwrap_or_default();
-    // managedFields can be large and no template needs it.
-    metadata.shift_remove("managedFields");
-    metadata
-        .entry("namespace")
-        .or_insert_with(|| Value::from(facts.namespace));
-    for key in ["labels", "annotations"] {
-        let entry = metadata.entry(key).or_insert_with(|| json!({}));
-        if !entry.is_object() {
-            *entry = json!({});
-        }
-    }
-    let spec = pod::spec(p).cloned().unwrap_or_default();
     let annotation = |name: &str| pod::annotation(p, name);
 
     let app_containers: Vec<&str> = pod::list(p, "containers")
@@ -81,11 +70,24 @@ pub(crate) fn build(config: &Config, p: &Value, facts: &Facts<'_>) -> J {
     );
 
     let entries: Vec<(&str, J)> = vec![
-        ("metadata", J::from(Serde(&metadata))),
-        ("spec", J::from(Serde(&spec))),
+        (
+            "metadata",
+            J::from(Serde(MetadataView {
+                meta: pod::metadata(p),
+                namespace: facts.namespace,
+            })),
+        ),
+        ("spec", J::from(Serde(pod::spec(p)))),
         ("values", config.values_ctx.clone()),
         ("mesh", config.mesh_ctx.clone()),
-        ("proxy_config", J::from(Serde(facts.proxy_config))),
+        (
+            "proxy_config",
+            if facts.custom_proxy_config {
+                J::from(Serde(facts.proxy_config))
+            } else {
+                config.proxy_defaults.ctx.clone()
+            },
+        ),
         ("revision", J::from(facts.revision)),
         ("native_sidecar", J::from(facts.native_sidecar)),
         ("hold_application", J::from(facts.hold_application)),
@@ -112,22 +114,51 @@ pub(crate) fn build(config: &Config, p: &Value, facts: &Facts<'_>) -> J {
         ("pod_ports_json", J::from(pod_ports_json(p))),
         (
             "proxy_config_json",
-            J::from(super::proxy_config::cleaned_json(
-                facts.proxy_config,
-                istio_namespace,
-            )),
+            if facts.custom_proxy_config {
+                J::from(super::proxy_config::cleaned_json(
+                    facts.proxy_config,
+                    istio_namespace,
+                ))
+            } else {
+                J::from(config.proxy_defaults.json.as_str())
+            },
         ),
         ("canonical_name", J::from(canonical_name(p, facts.workload))),
         ("canonical_revision", J::from(canonical_revision(p))),
-        (
-            "proxy_resources",
-            J::from(Serde(proxy_resources(p, values))),
-        ),
+        ("proxy_resources", proxy_resources(p, config)),
         ("cluster_id", J::from(cluster_id)),
         ("user_volumes", J::from(Serde(user_volumes))),
         ("user_volume_mounts", J::from(Serde(user_volume_mounts))),
     ];
     J::from_pairs(entries)
+}
+
+/// The pod's metadata as templates see it: without `managedFields` (large, and no template
+/// needs it), with the namespace filled in. Serialized straight from the pod, never copied.
+struct MetadataView<'a> {
+    meta: Option<&'a Map<String, Value>>,
+    namespace: &'a str,
+}
+
+impl serde::Serialize for MetadataView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        let mut has_namespace = false;
+        for (k, v) in self.meta.into_iter().flatten() {
+            match k.as_str() {
+                "managedFields" => continue,
+                "namespace" if v.as_str().is_none_or(str::is_empty) => continue,
+                "namespace" => has_namespace = true,
+                _ => {}
+            }
+            map.serialize_entry(k, v)?;
+        }
+        if !has_namespace {
+            map.serialize_entry("namespace", self.namespace)?;
+        }
+        map.end()
+    }
 }
 
 /// ISTIO_META_POD_PORTS exactly as istiod's template writes it: one port a line, each as Go
@@ -200,29 +231,36 @@ fn canonical_revision(p: &Value) -> String {
 }
 
 /// The proxy's resources: when any of the four resource annotations is present only they
-/// count; otherwise `global.proxy.resources`. Quantities in canonical form.
-fn proxy_resources(p: &Value, values: &Value) -> Value {
+/// count; otherwise `global.proxy.resources` (precomputed per config). Quantities in canonical
+/// form.
+fn proxy_resources(p: &Value, config: &Config) -> J {
     let annotations = [
         ("requests", "cpu", "sidecar.istio.io/proxyCPU"),
         ("requests", "memory", "sidecar.istio.io/proxyMemory"),
         ("limits", "cpu", "sidecar.istio.io/proxyCPULimit"),
         ("limits", "memory", "sidecar.istio.io/proxyMemoryLimit"),
     ];
-    let mut out = Map::new();
-    if annotations
+    if !annotations
         .iter()
         .any(|(_, _, a)| pod::annotation(p, a).is_some())
     {
-        for (group, resource, a) in annotations {
-            if let Some(q) = pod::annotation(p, a) {
-                let q = quantity::canonical(q).unwrap_or_else(|_| q.to_string());
-                if let Some(g) = pod::map_entry(&mut out, group) {
-                    g.insert(resource.into(), Value::from(q));
-                }
+        return config.proxy_defaults.resources.clone();
+    }
+    let mut out = Map::new();
+    for (group, resource, a) in annotations {
+        if let Some(q) = pod::annotation(p, a) {
+            let q = quantity::canonical(q).unwrap_or_else(|_| q.to_string());
+            if let Some(g) = pod::map_entry(&mut out, group) {
+                g.insert(resource.into(), Value::from(q));
             }
         }
-        return Value::Object(out);
     }
+    J::from(Serde(Value::Object(out)))
+}
+
+/// `global.proxy.resources` with nulls left out and quantities in canonical form.
+pub(crate) fn values_resources(values: &Value) -> Value {
+    let mut out = Map::new();
     if let Some(resources) = values
         .pointer("/global/proxy/resources")
         .and_then(Value::as_object)
@@ -313,13 +351,12 @@ mod tests {
     fn resource_annotations_replace_values_entirely() {
         let values = json!({"global": {"proxy": {"resources": {"limits": {"cpu": "2000m", "memory": "1024Mi"}, "requests": {"cpu": "100m", "memory": null}}}}});
         assert_eq!(
-            proxy_resources(&json!({}), &values),
+            values_resources(&values),
             json!({"limits": {"cpu": "2", "memory": "1Gi"}, "requests": {"cpu": "100m"}})
         );
+        let config = Config::embedded();
         let p = json!({"metadata": {"annotations": {"sidecar.istio.io/proxyCPU": "0.5"}}});
-        assert_eq!(
-            proxy_resources(&p, &values),
-            json!({"requests": {"cpu": "500m"}})
-        );
+        let got = serde_json::to_value(proxy_resources(&p, &config)).unwrap_or_default();
+        assert_eq!(got, json!({"requests": {"cpu": "500m"}}));
     }
 }

@@ -26,22 +26,23 @@ fn merge_key(field: &str) -> Option<&'static str> {
     }
 }
 
-/// Merges `patch` into `target` (both mappings). A `null` in the patch removes the key.
-pub(crate) fn merge_into(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
+/// Merges `patch` into `target` (both mappings). A `null` in the patch removes the key. The
+/// patch is consumed: its values move into the pod rather than being copied.
+pub(crate) fn merge_into(target: &mut Map<String, Value>, patch: Map<String, Value>) {
     for (key, pv) in patch {
         if pv.is_null() {
-            target.shift_remove(key);
+            target.shift_remove(&key);
             continue;
         }
-        match (target.get_mut(key), pv) {
+        match (target.get_mut(&key), pv) {
             (Some(Value::Object(t)), Value::Object(p)) => merge_into(t, p),
-            (Some(Value::Array(t)), Value::Array(p)) if merge_key(key).is_some() => {
-                if let Some(k) = merge_key(key) {
+            (Some(Value::Array(t)), Value::Array(p)) if merge_key(&key).is_some() => {
+                if let Some(k) = merge_key(&key) {
                     merge_list(t, p, k);
                 }
             }
-            _ => {
-                target.insert(key.clone(), without_nulls(pv));
+            (_, pv) => {
+                target.insert(key, without_nulls(pv));
             }
         }
     }
@@ -49,7 +50,7 @@ pub(crate) fn merge_into(target: &mut Map<String, Value>, patch: &Map<String, Va
 
 /// Merges list items by `key`: an item whose key matches is merged in place, others are
 /// appended in the patch's order.
-fn merge_list(target: &mut Vec<Value>, patch: &[Value], key: &str) {
+fn merge_list(target: &mut Vec<Value>, patch: Vec<Value>, key: &str) {
     let mut index: HashMap<String, usize> = HashMap::with_capacity(target.len());
     for (i, item) in target.iter().enumerate() {
         if let Some(k) = item.get(key) {
@@ -63,10 +64,11 @@ fn merge_list(target: &mut Vec<Value>, patch: &[Value], key: &str) {
                 if let Value::Object(t) = &mut target[i] {
                     merge_into(t, p);
                 } else {
-                    target[i] = without_nulls(item);
+                    target[i] = without_nulls(Value::Object(p));
                 }
             }
-            _ => {
+            (Some(i), other) => target[i] = without_nulls(other),
+            (None, item) => {
                 if let Some(k) = item.get(key) {
                     index.insert(key_text(k), target.len());
                 }
@@ -83,18 +85,21 @@ fn key_text(v: &Value) -> String {
     }
 }
 
-/// A copy with null map entries dropped: a rendered `emptyDir: null` means "no such field", as it
-/// does after istiod's round trip through Go structs.
-pub(crate) fn without_nulls(v: &Value) -> Value {
+/// The value with null map entries dropped, in place: a rendered `emptyDir: null` means "no
+/// such field", as it does after istiod's round trip through Go structs.
+pub(crate) fn without_nulls(mut v: Value) -> Value {
+    drop_nulls(&mut v);
+    v
+}
+
+fn drop_nulls(v: &mut Value) {
     match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), without_nulls(v)))
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(without_nulls).collect()),
-        other => other.clone(),
+        Value::Object(m) => {
+            m.retain(|_, v| !v.is_null());
+            m.values_mut().for_each(drop_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
     }
 }
 
@@ -104,7 +109,7 @@ mod tests {
     use serde_json::json;
 
     fn merged(mut target: Value, patch: Value) -> Value {
-        if let (Value::Object(t), Value::Object(p)) = (&mut target, &patch) {
+        if let (Value::Object(t), Value::Object(p)) = (&mut target, patch) {
             merge_into(t, p);
         }
         target

@@ -14,7 +14,8 @@ use serde_json::{Map, Value};
 use crate::config::Config;
 
 pub mod annotations;
-mod context;
+pub(crate) mod context;
+pub(crate) mod fragments;
 mod images;
 pub(crate) mod jobs;
 mod merge;
@@ -25,7 +26,7 @@ pub(crate) mod pod;
 mod policy;
 pub(crate) mod probes;
 mod prometheus;
-mod proxy_config;
+pub(crate) mod proxy_config;
 mod quantity;
 mod status;
 mod workload;
@@ -92,10 +93,12 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
     // Everything below reads the validated annotations.
     let values = &config.values;
     let mesh_status_port = mesh_status_port(config);
-    let proxy_config = proxy_config::effective(
-        &config.mesh,
-        pod::annotation(original, "proxy.istio.io/config"),
-    );
+    // Most pods carry no ProxyConfig of their own: the mesh default is computed once per config.
+    let custom_proxy_config = pod::annotation(original, "proxy.istio.io/config");
+    let proxy_config = match custom_proxy_config {
+        None => std::borrow::Cow::Borrowed(&config.proxy_defaults.config),
+        Some(text) => std::borrow::Cow::Owned(proxy_config::effective(&config.mesh, Some(text))),
+    };
     let interception_mode = pod::annotation(original, "sidecar.istio.io/interceptionMode")
         .or_else(|| proxy_config.get("interceptionMode").and_then(Value::as_str))
         .unwrap_or("REDIRECT")
@@ -178,6 +181,7 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
         native_sidecar: native,
         hold_application: hold,
         proxy_config: &proxy_config,
+        custom_proxy_config: custom_proxy_config.is_some(),
         status_port,
         interception_mode: &interception_mode,
         revision: &revision,
@@ -188,7 +192,7 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
         let fragment = render(config, name, &ctx)?;
         added.record(fragment.get("spec").and_then(Value::as_object));
         if let Value::Object(target) = &mut p {
-            merge::merge_into(target, &fragment);
+            merge::merge_into(target, fragment);
         }
     }
 
@@ -410,21 +414,23 @@ fn render(
             template: name.to_string(),
             message: render_error(&e),
         })?;
-    match crate::yaml::parse_one(&yaml_printable(&text)) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(Value::Null) => Ok(Map::new()),
-        Ok(other) => Err(InjectError::Fragment {
-            template: name.to_string(),
-            message: format!(
-                "expected a mapping with metadata and spec, found {}",
-                json_kind(&other)
-            ),
-        }),
-        Err(e) => Err(InjectError::Fragment {
-            template: name.to_string(),
-            message: e.to_string(),
-        }),
-    }
+    config.fragments.get_or_parse(&text, |text| {
+        match crate::yaml::parse_rendered(&yaml_printable(text)) {
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(Value::Null) => Ok(Map::new()),
+            Ok(other) => Err(InjectError::Fragment {
+                template: name.to_string(),
+                message: format!(
+                    "expected a mapping with metadata and spec, found {}",
+                    json_kind(&other)
+                ),
+            }),
+            Err(e) => Err(InjectError::Fragment {
+                template: name.to_string(),
+                message: e.to_string(),
+            }),
+        }
+    })
 }
 
 /// JSON leaves some characters unescaped that YAML does not allow in a document (DEL, the C1

@@ -119,6 +119,7 @@ impl Overrides {
             let Value::Object(overlay) = overlay else {
                 continue;
             };
+            let mut overlay = Some(overlay);
             for field in CONTAINER_LISTS {
                 if let Some(target) = p
                     .get_mut("spec")
@@ -127,7 +128,9 @@ impl Overrides {
                     .and_then(|l| l.iter_mut().find(|t| pod::name_of(t) == Some(name)))
                     .and_then(Value::as_object_mut)
                 {
-                    merge_into(target, &overlay);
+                    if let Some(overlay) = overlay.take() {
+                        merge_into(target, overlay);
+                    }
                     break;
                 }
             }

@@ -11,26 +11,31 @@ const RESERVED: [u16; 10] = [
     15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090,
 ];
 
-/// The annotation key as Prometheus sees it (`prometheus.io/scrape` and `prometheus.io.scrape`
-/// are the same label once sanitized).
-fn sanitized(key: &str) -> String {
-    key.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
+/// Annotation keys are compared as Prometheus sees them (`prometheus.io/scrape` and
+/// `prometheus.io.scrape` are the same label once sanitized).
+/// Whether `key` reads as `want` once sanitized, without building the sanitized string.
+fn sanitizes_to(key: &str, want: &str) -> bool {
+    key.len() == want.len()
+        && key.bytes().zip(want.bytes()).all(|(k, w)| {
+            let k = if k.is_ascii_alphanumeric() || k == b'_' {
+                k
             } else {
-                '_'
-            }
+                b'_'
+            };
+            k == w
         })
-        .collect()
 }
 
 /// What the user wrote for one of `scrape`, `path`, `port`, under any spelling.
 fn user_setting<'a>(annotations: &'a Map<String, Value>, what: &str) -> Option<&'a str> {
-    let want = format!("prometheus_io_{what}");
+    let want = match what {
+        "scrape" => "prometheus_io_scrape",
+        "path" => "prometheus_io_path",
+        _ => "prometheus_io_port",
+    };
     annotations
         .iter()
-        .find(|(k, _)| sanitized(k) == want)
+        .find(|(k, _)| sanitizes_to(k, want))
         .and_then(|(_, v)| v.as_str())
 }
 
@@ -41,8 +46,9 @@ pub(crate) fn apply(
     mesh: &Value,
     mesh_status_port: u16,
 ) -> Result<Option<String>, Problem> {
-    let annotations = pod::annotations(p).cloned().unwrap_or_default();
-    let scrape = user_setting(&annotations, "scrape");
+    let empty = Map::new();
+    let annotations = pod::annotations(p).unwrap_or(&empty);
+    let scrape = user_setting(annotations, "scrape");
     if scrape == Some("false") {
         return Ok(None);
     }
@@ -60,7 +66,7 @@ pub(crate) fn apply(
         return Ok(None);
     }
     let target = mesh_status_port.to_string();
-    let port = user_setting(&annotations, "port");
+    let port = user_setting(annotations, "port");
     if port == Some(target.as_str()) {
         return Ok(None);
     }
@@ -83,7 +89,7 @@ pub(crate) fn apply(
     // Go struct field order of istiod's PrometheusScrapeConfiguration: scrape, path, port.
     let mut saved = Map::new();
     for key in ["scrape", "path", "port"] {
-        if let Some(v) = user_setting(&annotations, key) {
+        if let Some(v) = user_setting(annotations, key) {
             saved.insert(key.into(), Value::from(v));
         }
     }
@@ -91,11 +97,13 @@ pub(crate) fn apply(
 
     if let Some(annotations) = pod::annotations_mut(p) {
         annotations.retain(|k, _| {
-            let s = sanitized(k);
-            !matches!(
-                s.as_str(),
-                "prometheus_io_scrape" | "prometheus_io_port" | "prometheus_io_path"
-            )
+            ![
+                "prometheus_io_scrape",
+                "prometheus_io_port",
+                "prometheus_io_path",
+            ]
+            .iter()
+            .any(|w| sanitizes_to(k, w))
         });
         annotations.insert("prometheus.io/port".into(), Value::from(target));
         annotations.insert(

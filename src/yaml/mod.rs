@@ -5,6 +5,8 @@
 
 use serde_json::Value;
 
+mod block;
+
 /// A YAML document that could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("document {document}{}: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
@@ -41,6 +43,23 @@ pub fn parse_one(text: &str) -> Result<Value, YamlError> {
         line: e.location().map(|l| l.line()),
         message: strip_location(&e.to_string()),
     })
+}
+
+/// Parses one document rendered by an injection template: the common block-style subset is
+/// read by a fast reader (the full parser would be most of an injection's CPU), anything else
+/// by the full parser.
+pub fn parse_rendered(text: &str) -> Result<Value, YamlError> {
+    match block::parse(text) {
+        Some(value) => {
+            // Debug builds (every test run) check each fast read against the full parser.
+            debug_assert!(
+                serde_yaml_ng::from_str::<Value>(text).ok().as_ref() == Some(&value),
+                "the fast YAML reader disagrees with the full parser on:\n{text}"
+            );
+            Ok(value)
+        }
+        None => parse_one(text),
+    }
 }
 
 /// Writes one value as a YAML document (no leading `---`).

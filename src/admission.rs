@@ -319,6 +319,8 @@ fn findings(
         .is_some_and(|owner| engine_warnings.contains(&inject::jobs::job_warning(&owner)));
     analyze::analyze_pod(injected, ctx)
         .into_iter()
+        // Info findings are for `analyze`; admission warnings are kept for what is likely to break.
+        .filter(|f| f.severity >= analyze::Severity::Warning)
         .filter(|f| config.finding_enabled(f.id))
         .filter(|f| !(job_warned && f.id == analyze::JOB_NEVER_COMPLETES))
         .collect()

@@ -354,11 +354,23 @@ fn cli_exit_code_follows_fail_on() {
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).contains("no findings"), "{}", stdout(&o));
 
-    // Warnings only (classic start-up race): fine by default, fatal with --fail-on warning,
-    // fine again once that finding is switched off.
-    assert_eq!(run(&["-f", &web], None).status.code(), Some(0));
+    // Info only (the classic start-up race): fine even with --fail-on warning.
     assert_eq!(
         run(&["-f", &web, "--fail-on", "warning"], None)
+            .status
+            .code(),
+        Some(0)
+    );
+    // Warnings only (a port in Istio's reserved range): fine by default, fatal with --fail-on
+    // warning, fine again once that finding is switched off.
+    let reserved = write(
+        dir.path(),
+        "reserved.yaml",
+        &DEPLOYMENT.replace("containerPort: 9000", "containerPort: 15050"),
+    );
+    assert_eq!(run(&["-f", &reserved], None).status.code(), Some(0));
+    assert_eq!(
+        run(&["-f", &reserved, "--fail-on", "warning"], None)
             .status
             .code(),
         Some(1)
@@ -366,11 +378,11 @@ fn cli_exit_code_follows_fail_on() {
     let o = run(
         &[
             "-f",
-            &web,
+            &reserved,
             "--fail-on",
             "warning",
             "--disable",
-            "app-starts-before-proxy",
+            "reserved-port",
         ],
         None,
     );

@@ -108,7 +108,7 @@ pub const HEADLESS_STATEFULSET: &str = "headless-statefulset";
 pub const CATALOGUE: &[FindingKind] = &[
     FindingKind {
         id: APP_STARTS_BEFORE_PROXY,
-        severity: Severity::Warning,
+        severity: Severity::Info,
         title: "application containers may start before the proxy is ready",
     },
     FindingKind {

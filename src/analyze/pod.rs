@@ -114,9 +114,11 @@ fn app_starts_before_proxy(layout: &Layout<'_>, out: &mut Findings<'_>) {
     if apps.is_empty() {
         return;
     }
+    // Info, not Warning: it holds for every classic pod, and most apps make no outbound call
+    // before the proxy is up; a warning on every pod would drown the ones that matter.
     out.push(
         APP_STARTS_BEFORE_PROXY,
-        Severity::Warning,
+        Severity::Info,
         "spec.containers",
         format!(
             "{} can start before istio-proxy is ready; outbound calls made at startup fail until it is.",

@@ -335,7 +335,9 @@ pub fn response(review: &Review, decision: &Decision) -> Value {
     match decision {
         Decision::Pass(pass) => {
             resp.insert("allowed".into(), Value::Bool(true));
-            audit.insert("reason".into(), Value::String(pass.label().into()));
+            // The API server prefixes audit keys with the webhook's name:
+            // `namespace.sidecar-injector.istio.io/skip-reason`.
+            audit.insert("skip-reason".into(), Value::String(pass.label().into()));
         }
         Decision::Patch {
             patch, warnings, ..
@@ -361,7 +363,10 @@ pub fn response(review: &Review, decision: &Decision) -> Value {
                     "message": denial.to_string(),
                 }),
             );
-            audit.insert("reason".into(), Value::String(decision.reason().into()));
+            audit.insert(
+                "denial-reason".into(),
+                Value::String(decision.reason().into()),
+            );
         }
     }
     resp.insert("auditAnnotations".into(), Value::Object(audit));
@@ -569,7 +574,7 @@ mod tests {
         assert!(resp.get("patch").is_none());
         assert!(resp.get("patchType").is_none());
         assert_eq!(resp["auditAnnotations"]["outcome"], "skipped");
-        assert_eq!(resp["auditAnnotations"]["reason"], "host_network");
+        assert_eq!(resp["auditAnnotations"]["skip-reason"], "host_network");
     }
 
     #[test]

@@ -64,7 +64,7 @@ async fn a_non_create_is_allowed_unchanged_and_echoes_uid_and_version() {
             assert_eq!(body["response"]["allowed"], true);
             assert!(body["response"].get("patch").is_none());
             assert_eq!(
-                body["response"]["auditAnnotations"]["reason"],
+                body["response"]["auditAnnotations"]["skip-reason"],
                 "not_pod_create"
             );
         }
@@ -130,7 +130,7 @@ async fn a_host_network_pod_is_allowed_without_patch() {
     let response = &reply.json()["response"];
     assert_eq!(response["allowed"], true);
     assert!(response.get("patch").is_none());
-    assert_eq!(response["auditAnnotations"]["reason"], "host_network");
+    assert_eq!(response["auditAnnotations"]["skip-reason"], "host_network");
 }
 
 #[tokio::test]

@@ -5,6 +5,9 @@ use minijinja::Value as J;
 use minijinja::value::Serde;
 use serde_json::{Map, Value, json};
 
+use std::sync::Arc;
+
+use super::json_view::JsonView;
 use super::{Workload, pod, quantity, workload};
 use crate::config::Config;
 
@@ -23,7 +26,8 @@ pub(crate) struct Facts<'a> {
 }
 
 /// Builds the context for the (stripped) pod `p`.
-pub(crate) fn build(config: &Config, p: &Value, facts: &Facts<'_>) -> J {
+pub(crate) fn build(config: &Config, shared: &Arc<Value>, facts: &Facts<'_>) -> J {
+    let p: &Value = shared;
     let values = &config.values;
     let annotation = |name: &str| pod::annotation(p, name);
 
@@ -77,7 +81,7 @@ pub(crate) fn build(config: &Config, p: &Value, facts: &Facts<'_>) -> J {
                 namespace: facts.namespace,
             })),
         ),
-        ("spec", J::from(Serde(pod::spec(p)))),
+        ("spec", JsonView::at(shared, "/spec")),
         ("values", config.values_ctx.clone()),
         ("mesh", config.mesh_ctx.clone()),
         (

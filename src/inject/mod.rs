@@ -15,9 +15,11 @@ use crate::config::Config;
 
 pub mod annotations;
 pub(crate) mod context;
+mod diff;
 pub(crate) mod fragments;
 mod images;
 pub(crate) mod jobs;
+mod json_view;
 mod merge;
 mod ordering;
 mod outcome;
@@ -27,7 +29,7 @@ mod policy;
 pub(crate) mod probes;
 mod prometheus;
 pub(crate) mod proxy_config;
-mod quantity;
+pub mod quantity;
 mod status;
 mod workload;
 
@@ -186,10 +188,19 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
         interception_mode: &interception_mode,
         revision: &revision,
     };
-    let ctx = context::build(config, &p, &facts);
+    // Templates read the pod in place (see `json_view`): it is shared while they render and
+    // taken back, uncopied, to merge their output in.
+    let shared = std::sync::Arc::new(p);
+    let ctx = context::build(config, &shared, &facts);
+    let fragments = templates
+        .iter()
+        .map(|name| render(config, name, &ctx))
+        .collect::<Result<Vec<_>, _>>()?;
+    drop(ctx);
+    let mut p =
+        std::sync::Arc::try_unwrap(shared).unwrap_or_else(|still_shared| (*still_shared).clone());
     let mut added = status::Added::default();
-    for name in &templates {
-        let fragment = render(config, name, &ctx)?;
+    for fragment in fragments {
         added.record(fragment.get("spec").and_then(Value::as_object));
         if let Value::Object(target) = &mut p {
             merge::merge_into(target, fragment);
@@ -300,7 +311,7 @@ fn drain_hook_refusal(p: &Value, proxy_config: &Value, values: &Value) -> Option
 /// The RFC 6902 patch that turns `before` into `after`: a plain structural diff of the raw
 /// objects, so applying it to the object the API server sent gives exactly `after`.
 pub fn patch(before: &Value, after: &Value) -> json_patch::Patch {
-    json_patch::diff(before, after)
+    diff::diff(before, after)
 }
 
 /// A word for the JSON type of a value, for error messages.

@@ -6,18 +6,22 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::inject::{self, Denial, InjectError, Outcome, Request, SkipReason, Workload};
 
-/// How to find the pod template inside a workload kind.
-fn pod_template_path(kind: &str) -> Option<&'static str> {
+/// Where a workload kind keeps its pod template: as a JSON pointer, and as the field-path prefix
+/// that findings report (`spec.template.`). `None` for kinds that hold no pod.
+pub fn pod_template_location(kind: &str) -> Option<(&'static str, &'static str)> {
     match kind {
-        "Pod" => Some(""),
+        "Pod" => Some(("", "")),
         "Deployment"
         | "ReplicaSet"
         | "ReplicationController"
         | "StatefulSet"
         | "DaemonSet"
         | "Job"
-        | "DeploymentConfig" => Some("/spec/template"),
-        "CronJob" => Some("/spec/jobTemplate/spec/template"),
+        | "DeploymentConfig" => Some(("/spec/template", "spec.template.")),
+        "CronJob" => Some((
+            "/spec/jobTemplate/spec/template",
+            "spec.jobTemplate.spec.template.",
+        )),
         _ => None,
     }
 }
@@ -83,7 +87,7 @@ pub fn inject_document(
         }
         return Ok(out);
     }
-    let Some(path) = pod_template_path(kind) else {
+    let Some((path, _)) = pod_template_location(kind) else {
         return Ok(doc.clone());
     };
     let object = describe(doc);

@@ -51,17 +51,9 @@ fn collect_one<'a>(doc: &'a Value, out: &mut Vec<Object<'a>>) {
         return;
     };
     let namespace = str_at(doc, &["metadata", "namespace"]);
-    let prefix = match kind {
-        "Pod" => "",
-        "Deployment"
-        | "ReplicaSet"
-        | "ReplicationController"
-        | "StatefulSet"
-        | "DaemonSet"
-        | "Job"
-        | "DeploymentConfig" => "spec.template.",
-        "CronJob" => "spec.jobTemplate.spec.template.",
-        "Service" => {
+    let prefix = match crate::manifest::pod_template_location(kind) {
+        Some((_, prefix)) => prefix,
+        None if kind == "Service" => {
             out.push(Object::Service(Service {
                 value: doc,
                 name: object_name(kind, doc, None),
@@ -69,7 +61,7 @@ fn collect_one<'a>(doc: &'a Value, out: &mut Vec<Object<'a>>) {
             }));
             return;
         }
-        _ if kind.ends_with("List") => {
+        None if kind.ends_with("List") => {
             if let Some(items) = doc.get("items").and_then(Value::as_array) {
                 for item in items {
                     collect_one(item, out);
@@ -77,7 +69,7 @@ fn collect_one<'a>(doc: &'a Value, out: &mut Vec<Object<'a>>) {
             }
             return;
         }
-        _ => return,
+        None => return,
     };
     let path: Vec<&str> = prefix.split('.').filter(|s| !s.is_empty()).collect();
     let Some(template) = at(doc, &path).filter(|t| t.is_object()) else {

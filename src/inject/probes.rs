@@ -20,11 +20,10 @@ pub const REWRITE_ANNOTATION: &str = "sidecar.istio.io/rewriteAppHTTPProbers";
 /// The proxy's env var that carries the original probers to the agent.
 pub const PROBERS_ENV: &str = "ISTIO_KUBE_APP_PROBERS";
 
-/// The proxy container: its own probes target the agent already and are never rewritten.
-const PROXY: &str = "istio-proxy";
-
-/// Init containers first, as istiod's `allContainers` walks them.
-const CONTAINER_LISTS: [&str; 2] = ["initContainers", "containers"];
+// The proxy's own probes target the agent already and are never rewritten; init containers
+// are walked first, as istiod's `allContainers` does.
+use super::annotations::parse_bool;
+use super::pod::{CONTAINER_LISTS, PROXY};
 
 /// One place in a container that can hold a handler the agent takes over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -426,15 +425,6 @@ pub fn rewrite_enabled(annotations: Option<&Map<String, Value>>, values_default:
         .and_then(Value::as_str)
         .and_then(parse_bool)
         .unwrap_or(values_default)
-}
-
-/// Go's `strconv.ParseBool`.
-fn parse_bool(text: &str) -> Option<bool> {
-    match text {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -14,16 +14,16 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use super::annotations::parse_bool;
+// The proxy's own probes target the agent already and are never rewritten; init containers
+// are walked first, as istiod's `allContainers` does.
+use super::pod::{CONTAINER_LISTS, PROXY};
+
 /// Annotation that turns the rewrite on or off for one pod (parsed like Go's `ParseBool`).
 pub const REWRITE_ANNOTATION: &str = "sidecar.istio.io/rewriteAppHTTPProbers";
 
 /// The proxy's env var that carries the original probers to the agent.
 pub const PROBERS_ENV: &str = "ISTIO_KUBE_APP_PROBERS";
-
-// The proxy's own probes target the agent already and are never rewritten; init containers
-// are walked first, as istiod's `allContainers` does.
-use super::annotations::parse_bool;
-use super::pod::{CONTAINER_LISTS, PROXY};
 
 /// One place in a container that can hold a handler the agent takes over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

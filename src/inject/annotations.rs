@@ -58,7 +58,7 @@ const CHECKS: &[(&str, Check)] = &[
 ];
 
 /// Every problem with the pod's annotations, in the table's order.
-pub(crate) fn validate(annotations: Option<&Map<String, Value>>) -> Vec<Problem> {
+pub fn validate(annotations: Option<&Map<String, Value>>) -> Vec<Problem> {
     let Some(annotations) = annotations else {
         return Vec::new();
     };

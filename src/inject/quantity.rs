@@ -5,7 +5,7 @@
 
 /// A quantity that does not parse, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct QuantityError(pub String);
+pub struct QuantityError(pub String);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -104,12 +104,12 @@ fn parse(text: &str) -> Result<Parsed, QuantityError> {
 }
 
 /// Checks that `text` is a valid quantity.
-pub(crate) fn validate(text: &str) -> Result<(), QuantityError> {
+pub fn validate(text: &str) -> Result<(), QuantityError> {
     parse(text).map(|_| ())
 }
 
 /// The canonical spelling of a quantity, as the API server would store it.
-pub(crate) fn canonical(text: &str) -> Result<String, QuantityError> {
+pub fn canonical(text: &str) -> Result<String, QuantityError> {
     let q = parse(text)?;
     let sign = if q.negative && q.mantissa != 0 {
         "-"
@@ -155,11 +155,20 @@ pub(crate) fn canonical(text: &str) -> Result<String, QuantityError> {
         let div = 10u128.pow(drop.min(38));
         mantissa = mantissa.div_ceil(div);
         exp = -9;
+        // Rounding up can carry into new trailing zeros (0.0999999999 is 100000000n): strip
+        // them too, or the canonical form would not be canonical itself.
+        while mantissa % 10 == 0 {
+            mantissa /= 10;
+            exp += 1;
+        }
     }
     let exp3 = exp.div_euclid(3) * 3;
     let exp3 = exp3.min(18);
-    mantissa = mantissa
-        .checked_mul(10u128.pow((exp - exp3) as u32))
+    // Above 10^18 the digits stay in the mantissa, which can exceed u128 (1e30 with 38 zeros).
+    mantissa = u32::try_from(exp - exp3)
+        .ok()
+        .and_then(|shift| 10u128.checked_pow(shift))
+        .and_then(|scale| mantissa.checked_mul(scale))
         .ok_or_else(|| QuantityError(format!("{text:?} is too large; expected {ACCEPTED}")))?;
     if q.format == Format::DecimalExponent {
         return Ok(if exp3 == 0 {

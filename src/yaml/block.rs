@@ -18,9 +18,11 @@ struct Line<'a> {
 
 /// Reads one document, or `None` when it is outside the subset.
 pub(crate) fn parse(text: &str) -> Option<Value> {
+    if has_special_characters(text) {
+        return None;
+    }
     let mut lines = Vec::new();
     for raw in text.split('\n') {
-        let raw = raw.strip_suffix('\r').unwrap_or(raw);
         let trimmed = raw.trim_start_matches(' ');
         if trimmed.is_empty() {
             continue;
@@ -149,6 +151,21 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// Characters the full parser rejects (controls other than tab and newline, U+FFFE, U+FFFF) or
+/// reads as line breaks or byte-order marks (CR, NEL, U+2028, U+2029, U+FEFF), where this
+/// reader would see ordinary text: such a document is left to the full parser.
+fn has_special_characters(text: &str) -> bool {
+    let control = |b: u8| (b < 0x20 && b != b'\t' && b != b'\n') || b == 0x7f;
+    let special = |c: char| {
+        ('\u{80}'..='\u{9f}').contains(&c)
+            || matches!(
+                c,
+                '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+            )
+    };
+    text.bytes().any(control) || (!text.is_ascii() && text.chars().any(special))
+}
+
 fn is_dash(text: &str) -> bool {
     text == "-" || text.starts_with("- ")
 }
@@ -221,7 +238,7 @@ fn single_quoted(text: &str) -> Option<Value> {
 }
 
 fn plain(text: &str) -> Option<Value> {
-    if "&*!|>%@`?,]}".contains(text.chars().next()?)
+    if "&*!|>%@`?,]}#".contains(text.chars().next()?)
         || has_space_hash(text)
         || find_colon_space(text).is_some()
         || text.ends_with(':')

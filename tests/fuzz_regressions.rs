@@ -1,0 +1,59 @@
+//! Inputs the fuzz targets (fuzz/) found to break an invariant, kept as ordinary tests so the
+//! fixes stay fixed without a fuzzer.
+
+use sidecar_injector::inject::quantity;
+use sidecar_injector::yaml;
+
+/// `fuzz/fuzz_targets/annotations.rs`: the canonical form of a quantity is its own canonical
+/// form. Rounding below a nano-unit carried into trailing zeros that were not stripped, so
+/// `.999999993555555e-1` became `100000000e-9`, whose canonical form is `100e-3`.
+#[test]
+fn quantity_rounded_up_to_nano_units_is_canonical() {
+    for input in [".999999993555555e-1", "0.0999999999", "9.9999999999m"] {
+        let once = quantity::canonical(input).unwrap();
+        assert_eq!(
+            quantity::canonical(&once).as_deref(),
+            Ok(once.as_str()),
+            "{input}"
+        );
+    }
+    assert_eq!(
+        quantity::canonical(".999999993555555e-1").as_deref(),
+        Ok("100e-3")
+    );
+    assert_eq!(quantity::canonical("0.0999999999").as_deref(), Ok("100m"));
+}
+
+/// Found while fixing the above: above 10^18 the digits stay in the mantissa, and scaling it
+/// overflowed u128 (a panic with overflow checks, a wrong value without).
+#[test]
+fn quantity_too_large_for_the_mantissa_is_an_error() {
+    let huge = format!("1{}e30", "0".repeat(38));
+    assert!(quantity::validate(&huge).is_ok());
+    let err = quantity::canonical(&huge).unwrap_err();
+    assert!(err.0.contains("too large"), "{}", err.0);
+    // Just inside: 10^38 with the exponent 18 needs no scaling.
+    assert_eq!(quantity::canonical("1e18").as_deref(), Ok("1e18"));
+}
+
+/// `fuzz/fuzz_targets/yaml_rendered.rs`: the fast reader of rendered YAML accepted characters
+/// the full parser rejects (`- :\0`) or reads as line breaks (a lone CR, NEL, U+2028), so the
+/// two disagreed. Such documents now go to the full parser; both readers give the same answer.
+#[test]
+fn rendered_yaml_with_special_characters_reads_as_the_full_parser_reads_it() {
+    for text in [
+        "- :\0",
+        // A comment where an item's value would be: the item is null, not the text `#/`.
+        "- #/",
+        "a: x\ry",
+        "a: x\u{85}y",
+        "a: \"x\u{2028}y\"",
+        "a: b\u{7f}",
+        "a: \u{feff}b",
+        "a: 1\r\nb: 2\r\n",
+    ] {
+        let fast = yaml::parse_rendered(text).map_err(|e| e.message);
+        let full = yaml::parse_one(text).map_err(|e| e.message);
+        assert_eq!(fast, full, "{text:?}");
+    }
+}

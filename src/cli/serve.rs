@@ -112,6 +112,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SIDECAR_INJECTOR_MAX_BODY_BYTES", default_value_t = server::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
 
+    /// Open webhook connections at most; a connection over the limit is closed at once.
+    #[arg(long, env = "SIDECAR_INJECTOR_MAX_CONNECTIONS", default_value_t = server::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+
     /// Seconds a client gets to send a request body.
     #[arg(long, env = "SIDECAR_INJECTOR_READ_TIMEOUT", default_value_t = 10)]
     pub read_timeout: u64,
@@ -164,6 +168,7 @@ impl ServeArgs {
         settings.native_min_kubelet = self.native_sidecars_min_kubelet;
         settings.reload_interval = Duration::from_secs(self.reload_interval);
         settings.max_body_bytes = self.max_body_bytes;
+        settings.max_connections = usize::try_from(self.max_connections).unwrap_or(usize::MAX);
         settings.read_timeout = Duration::from_secs(self.read_timeout);
         settings.shutdown_grace = Duration::from_secs(self.shutdown_grace);
         settings.drain_timeout = Duration::from_secs(self.drain_timeout);
@@ -300,6 +305,7 @@ mod tests {
             "--native-sidecars=auto",
             "--native-sidecars-min-kubelet=v1.31",
             "--max-body-bytes=1024",
+            "--max-connections=50",
             "--log-level=sidecar_injector=debug",
             "--log-format=json",
             "--shutdown-grace=2",
@@ -314,6 +320,7 @@ mod tests {
         assert_eq!(s.native_sidecars, Some(NativeMode::Auto));
         assert_eq!(s.native_min_kubelet, "1.31.0".parse().unwrap());
         assert_eq!(s.max_body_bytes, 1024);
+        assert_eq!(s.max_connections, 50);
         assert_eq!(s.shutdown_grace, Duration::from_secs(2));
         assert_eq!(s.drain_timeout, Duration::from_secs(3));
         assert_eq!(args.log, "sidecar_injector=debug");
@@ -329,6 +336,7 @@ mod tests {
         assert_eq!(s.native_min_kubelet, cluster::DEFAULT_MIN_KUBELET);
         assert_eq!(s.config_dir, None);
         assert_eq!(s.max_body_bytes, server::DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(s.max_connections, server::DEFAULT_MAX_CONNECTIONS);
         assert_eq!(
             files(&s).cert,
             PathBuf::from("/etc/sidecar-injector/certs/tls.crt")

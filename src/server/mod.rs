@@ -15,7 +15,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
@@ -40,9 +40,13 @@ use tls::CertResolver;
 /// Istio's limit on an AdmissionReview body.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 
+/// Open webhook connections at most: far above what API servers open (a few per API server
+/// replica), far below the file descriptors a container usually gets.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
 /// hyper closes an HTTP/1 connection whose next request head does not arrive in this time, idle
 /// keep-alive connections included; long enough not to churn the API server's connections.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything `serve` can be told.
 #[derive(Debug, Clone)]
@@ -64,10 +68,15 @@ pub struct Settings {
     /// How often the certificate and config files are checked for changes.
     pub reload_interval: Duration,
     pub max_body_bytes: usize,
+    /// Open webhook connections at most; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
     /// Longest time to receive a request body.
     pub read_timeout: Duration,
     /// Longest time for a client to complete the TLS handshake.
     pub handshake_timeout: Duration,
+    /// Longest time for the head of a request on an HTTP/1.1 connection (also how long an idle
+    /// keep-alive connection is kept). Not a flag; tests shorten it.
+    pub header_read_timeout: Duration,
     /// After a shutdown signal: how long to keep serving while reported not ready, so the
     /// endpoint leaves the Service before the listener closes.
     pub shutdown_grace: Duration,
@@ -88,8 +97,10 @@ impl Settings {
             watch_nodes: true,
             reload_interval: Duration::from_secs(5),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             read_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: HEADER_READ_TIMEOUT,
             shutdown_grace: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(20),
         }
@@ -226,7 +237,7 @@ impl Server {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(settings.header_read_timeout);
         let graceful = GracefulShutdown::new();
 
         let grace = settings.shutdown_grace;
@@ -239,6 +250,7 @@ impl Server {
         };
         tokio::pin!(stop_accepting);
 
+        let mut slots = ConnectionSlots::new(settings.max_connections);
         shared.set_ready(true);
         info!(addr = %webhook.local_addr().unwrap_or(settings.listen), "serving");
         loop {
@@ -246,6 +258,10 @@ impl Server {
                 () = &mut stop_accepting => break,
                 accepted = webhook.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        let Some(slot) = slots.take(peer) else {
+                            drop(tcp);
+                            continue;
+                        };
                         let conn = serve_connection(
                             tcp,
                             acceptor.clone(),
@@ -258,6 +274,7 @@ impl Server {
                             if let Err(err) = conn(watcher).await {
                                 debug!(%peer, error = %err, "connection ended with an error");
                             }
+                            drop(slot);
                         });
                     }
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -276,6 +293,51 @@ impl Server {
         }
         let _ = stop_tx.send(true);
         while background.join_next().await.is_some() {}
+    }
+}
+
+/// The cap on open webhook connections.
+///
+/// A connection over the cap is closed as soon as it is accepted rather than left waiting in
+/// the listen backlog: a waiting client (the API server) would only give up at its own webhook
+/// timeout, seconds later, while a refused one fails at once and can try another replica. The
+/// limit is logged when it is first hit, not per connection, so a flood does not flood the log.
+struct ConnectionSlots {
+    slots: Arc<Semaphore>,
+    max: usize,
+    full: bool,
+}
+
+impl ConnectionSlots {
+    fn new(max: usize) -> ConnectionSlots {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        ConnectionSlots {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+            full: false,
+        }
+    }
+
+    /// A slot for a new connection, held until the connection ends; `None` at the cap.
+    fn take(&mut self, peer: SocketAddr) -> Option<OwnedSemaphorePermit> {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                if std::mem::take(&mut self.full) {
+                    info!(max = self.max, "below the connection limit again");
+                }
+                Some(slot)
+            }
+            Err(_) => {
+                if !std::mem::replace(&mut self.full, true) {
+                    warn!(
+                        max = self.max,
+                        "connection limit reached: new connections are closed until one ends"
+                    );
+                }
+                debug!(%peer, "connection closed: at the connection limit");
+                None
+            }
+        }
     }
 }
 

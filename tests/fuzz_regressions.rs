@@ -1,7 +1,9 @@
 //! Inputs the fuzz targets (fuzz/) found to break an invariant, kept as ordinary tests so the
 //! fixes stay fixed without a fuzzer.
 
-use sidecar_injector::inject::quantity;
+use serde_json::{Value, json};
+use sidecar_injector::config::Config;
+use sidecar_injector::inject::{self, Outcome, Request, quantity};
 use sidecar_injector::yaml;
 
 /// `fuzz/fuzz_targets/annotations.rs`: the canonical form of a quantity is its own canonical
@@ -55,5 +57,44 @@ fn rendered_yaml_with_special_characters_reads_as_the_full_parser_reads_it() {
         let fast = yaml::parse_rendered(text).map_err(|e| e.message);
         let full = yaml::parse_one(text).map_err(|e| e.message);
         assert_eq!(fast, full, "{text:?}");
+    }
+}
+
+/// `fuzz/fuzz_targets/engine.rs`: injecting an injected pod must change nothing. A
+/// canonical-name source that trims down to nothing (`-`) gave the label an empty value; the
+/// next injection skipped the empty label and used the workload name instead.
+#[test]
+fn canonical_name_that_trims_to_nothing_is_stable_across_injections() {
+    let config = Config::embedded();
+    for key in [
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ] {
+        let pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"generateName": "istio-validation", "labels": {key: "-._"}},
+            "spec": {"containers": []}
+        });
+        let first = injected(&config, &pod);
+        assert_eq!(
+            first["metadata"]["labels"]["service.istio.io/canonical-name"], "istio-validation",
+            "{key}"
+        );
+        assert_eq!(injected(&config, &first), first, "{key}");
+    }
+}
+
+fn injected(config: &Config, pod: &Value) -> Value {
+    let request = Request {
+        pod,
+        namespace: None,
+        workload: None,
+        native_sidecars: true,
+    };
+    match inject::inject(config, &request) {
+        Ok(Outcome::Injected(injected)) => injected.pod,
+        other => panic!("expected an injection, got {other:?}"),
     }
 }

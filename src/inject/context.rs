@@ -207,18 +207,26 @@ fn first_label<'a>(p: &'a Value, keys: &[&str]) -> Option<&'a str> {
 
 /// `service.istio.io/canonical-name`: the label if set, else `app.kubernetes.io/name`, else
 /// `app`, else the workload name; at most 63 characters, no trailing `-`, `_` or `.`.
+///
+/// A source that trims down to nothing (`-`) is skipped like an empty one: otherwise the pod
+/// would get an empty label, which the next injection skips, and injecting twice would not
+/// give the same pod.
 fn canonical_name(p: &Value, w: &Workload) -> String {
-    let name = first_label(
-        p,
-        &[
-            "service.istio.io/canonical-name",
-            "app.kubernetes.io/name",
-            "app",
-        ],
-    )
-    .unwrap_or(&w.name);
-    let truncated: String = name.chars().take(63).collect();
-    truncated.trim_end_matches(['-', '_', '.']).to_string()
+    let labels = [
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ];
+    labels
+        .iter()
+        .filter_map(|k| pod::label(p, k))
+        .chain([w.name.as_str()])
+        .map(|name| {
+            let truncated: String = name.chars().take(63).collect();
+            truncated.trim_end_matches(['-', '_', '.']).to_string()
+        })
+        .find(|name| !name.is_empty())
+        .unwrap_or_default()
 }
 
 fn canonical_revision(p: &Value) -> String {

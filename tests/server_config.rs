@@ -51,7 +51,7 @@ async fn outcome(server: &Running) -> (String, String) {
     let audit = &body["response"]["auditAnnotations"];
     (
         audit["outcome"].as_str().unwrap_or_default().to_owned(),
-        audit["reason"].as_str().unwrap_or_default().to_owned(),
+        audit["skip-reason"].as_str().unwrap_or_default().to_owned(),
     )
 }
 

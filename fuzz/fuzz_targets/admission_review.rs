@@ -1,0 +1,39 @@
+//! A request body, exactly as the server reads it: decode the AdmissionReview, run the engine,
+//! build the response. Nothing may panic; every answer to a decoded review echoes its uid and
+//! apiVersion; a patch applies to the object that was sent.
+
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use sidecar_injector::admission::{self, AdmitError, Decision, Review};
+use sidecar_injector::config::Config;
+
+fn config() -> &'static Config {
+    static CONFIG: OnceLock<Config> = OnceLock::new();
+    CONFIG.get_or_init(Config::embedded)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(review) = Review::from_slice(data) else {
+        return;
+    };
+    // The cluster-wide native mode comes from outside the body; the body's length picks it so
+    // both modes are explored without spending input bytes on it.
+    let native = data.len() % 2 == 0;
+    let decision = match admission::decide(config(), &review, native) {
+        Ok(decision) => decision,
+        Err(AdmitError::Panic(message)) => panic!("the engine panicked: {message}"),
+        Err(AdmitError::Inject(_)) => return,
+    };
+    let response = admission::response(&review, &decision);
+    assert_eq!(response["apiVersion"], review.api_version.as_str());
+    assert_eq!(response["response"]["uid"], review.uid.as_str());
+    if let Decision::Patch { patch, .. } = &decision {
+        let mut object = review.object.clone().expect("a patch needs an object");
+        json_patch::patch(&mut object, patch).expect("the patch applies to the sent object");
+    }
+    // The answer goes out as JSON.
+    serde_json::to_vec(&response).expect("the response serializes");
+});

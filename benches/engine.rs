@@ -2,8 +2,8 @@
 //! `BenchmarkInjection/many_env_vars` case) and a pod with 50 containers. Each iteration is the
 //! whole webhook-side work: injection plus the JSON patch.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use serde_json::{json, Value};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use serde_json::{Value, json};
 use sidecar_injector::config::Config;
 use sidecar_injector::inject::{self, Outcome, Request};
 

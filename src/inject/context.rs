@@ -170,7 +170,12 @@ impl serde::Serialize for MetadataView<'_> {
 fn pod_ports_json(p: &Value) -> String {
     let mut out = String::from("[");
     let mut first = true;
-    for c in pod::list(p, "containers") {
+    // A user-written istio-proxy is left out: it is moved by the injection, so counting its ports
+    // where it stood would list them in another order when the pod is injected again.
+    for c in pod::list(p, "containers")
+        .iter()
+        .filter(|c| pod::name_of(c) != Some(pod::PROXY))
+    {
         for port in c
             .get("ports")
             .and_then(Value::as_array)

@@ -20,4 +20,10 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "== chart: helm lint and helm template over every value set"
 scripts/check-chart.sh
 echo "== tests"
-cargo test --all-targets --locked
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --all-targets --locked 2>&1 | tee "$log"
+# One closing line for the whole run: cargo prints one per test binary, and the last binary
+# (an example with no unit tests) would otherwise close the output with "0 passed".
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"

@@ -79,8 +79,8 @@ pub struct Config {
     pub(crate) mesh_ctx: minijinja::Value,
     /// The ProxyConfig of pods without a `proxy.istio.io/config` annotation.
     pub(crate) proxy_defaults: ProxyDefaults,
-    /// Parsed template output, by rendered text (a pure memo; see `inject::fragments`).
-    pub(crate) fragments: crate::inject::fragments::FragmentCache,
+    /// Template output reused for pods that read alike (a pure memo; see `inject::renders`).
+    pub(crate) renders: crate::inject::renders::RenderMemo,
     native_mode: NativeMode,
 }
 
@@ -136,7 +136,7 @@ impl Config {
         injection.check_template_names(&templates)?;
         Ok(Config {
             proxy_defaults: ProxyDefaults::new(&mesh, &values),
-            fragments: Default::default(),
+            renders: Default::default(),
             values_ctx: minijinja::Value::from(minijinja::value::Serde(&values)),
             mesh_ctx: minijinja::Value::from(minijinja::value::Serde(&mesh)),
             injection,

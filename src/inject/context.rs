@@ -1,13 +1,19 @@
 //! The template context: everything a template may read about one pod, computed once per pod.
 //! Names are documented in docs/templates.md.
+//!
+//! The context is three sources behind one root: the pod (`spec`, read in place), a small JSON
+//! document of facts computed about it (`metadata` and every derived name), and values fixed by
+//! the configuration (`values`, `mesh`, and the proxy defaults when the pod does not override
+//! them). Every read a template makes is logged (see `json_view`), so a render can be reused for
+//! any pod that answers the same reads the same way (see `renders`).
 
 use minijinja::Value as J;
-use minijinja::value::Serde;
+use minijinja::value::{Enumerator, Object};
 use serde_json::{Map, Value, json};
 
 use std::sync::Arc;
 
-use super::json_view::JsonView;
+use super::json_view::{self, JsonView, Read, Reads, Seen, Source, Step};
 use super::{Workload, pod, quantity, workload};
 use crate::config::Config;
 
@@ -25,16 +31,101 @@ pub(crate) struct Facts<'a> {
     pub revision: &'a str,
 }
 
+/// The template context of one pod.
+#[derive(Debug)]
+pub(crate) struct Context {
+    pod: Arc<Value>,
+    facts: Arc<Value>,
+    /// Names served from the configuration, the same for every pod that gets them.
+    fixed: Vec<(&'static str, J)>,
+    reads: Arc<Reads>,
+}
+
+impl Context {
+    /// The root value to render templates with; it logs every read into this context.
+    pub(crate) fn root(self: &Arc<Self>) -> J {
+        J::from_dyn_object(Arc::clone(self))
+    }
+
+    /// The reads logged since the last call.
+    pub(crate) fn take_reads(&self) -> Option<Vec<Read>> {
+        self.reads.take()
+    }
+
+    /// Whether a read at `path` of `source` in this context sees what `seen` says.
+    pub(crate) fn answers_alike(&self, source: Source, path: &[Step], seen: &Seen) -> bool {
+        match self.node(source, path) {
+            None => *seen == Seen::Config,
+            Some(node) => seen.holds(node),
+        }
+    }
+
+    /// The node a read at `path` reaches: `None` for a name the configuration answers, else
+    /// the node, if there is one.
+    pub(crate) fn node(&self, source: Source, path: &[Step]) -> Option<Option<&Value>> {
+        if let (Source::Facts, [Step::Key(name)]) = (source, path)
+            && self.fixed(name).is_some()
+        {
+            return None;
+        }
+        let root = match source {
+            Source::Pod => &self.pod,
+            Source::Facts => &self.facts,
+        };
+        Some(json_view::resolve(root, path))
+    }
+
+    fn fixed(&self, name: &str) -> Option<&J> {
+        self.fixed.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+}
+
+impl Object for Context {
+    fn get_value(self: &Arc<Self>, key: &J) -> Option<J> {
+        let name = key.as_str()?;
+        let path = vec![Step::Key(name.to_string())];
+        let value = if let Some(fixed) = self.fixed(name) {
+            self.reads.push(Read {
+                source: Source::Facts,
+                path,
+                seen: Seen::Config,
+            });
+            fixed.clone()
+        } else if name == "spec" {
+            JsonView::at(&self.pod, Source::Pod, path, &self.reads)
+        } else {
+            JsonView::at(&self.facts, Source::Facts, path, &self.reads)
+        };
+        (!value.is_undefined()).then_some(value)
+    }
+
+    /// Listing the root (`debug()` does) reads everything at once: such a render is not reused.
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        self.reads.push(Read {
+            source: Source::Facts,
+            path: Vec::new(),
+            seen: Seen::Unrepeatable,
+        });
+        let mut names: Vec<J> = self.fixed.iter().map(|(n, _)| J::from(*n)).collect();
+        names.push(J::from("spec"));
+        if let Value::Object(facts) = self.facts.as_ref() {
+            names.extend(facts.keys().map(|k| J::from(k.as_str())));
+        }
+        Enumerator::Values(names)
+    }
+}
+
 /// Builds the context for the (stripped) pod `p`.
-pub(crate) fn build(config: &Config, shared: &Arc<Value>, facts: &Facts<'_>) -> J {
+pub(crate) fn build(config: &Config, shared: &Arc<Value>, facts: &Facts<'_>) -> Arc<Context> {
     let p: &Value = shared;
     let values = &config.values;
     let annotation = |name: &str| pod::annotation(p, name);
 
-    let app_containers: Vec<&str> = pod::list(p, "containers")
+    let app_containers: Vec<Value> = pod::list(p, "containers")
         .iter()
         .filter_map(pod::name_of)
         .filter(|n| *n != pod::PROXY)
+        .map(Value::from)
         .collect();
 
     let image_override = annotation("sidecar.istio.io/proxyImage").filter(|i| i.contains('/'));
@@ -68,101 +159,100 @@ pub(crate) fn build(config: &Config, shared: &Arc<Value>, facts: &Facts<'_>) -> 
         .filter(|s| !s.is_empty())
         .unwrap_or("Kubernetes");
 
-    let (user_volumes, user_volume_mounts) = (
-        named_entries(annotation("sidecar.istio.io/userVolume")),
-        named_entries(annotation("sidecar.istio.io/userVolumeMount")),
-    );
-
-    let entries: Vec<(&str, J)> = vec![
-        (
-            "metadata",
-            J::from(Serde(MetadataView {
-                meta: pod::metadata(p),
-                namespace: facts.namespace,
-            })),
-        ),
-        ("spec", JsonView::at(shared, "/spec")),
+    let mut fixed = vec![
         ("values", config.values_ctx.clone()),
         ("mesh", config.mesh_ctx.clone()),
-        (
-            "proxy_config",
-            if facts.custom_proxy_config {
-                J::from(Serde(facts.proxy_config))
-            } else {
-                config.proxy_defaults.ctx.clone()
-            },
-        ),
-        ("revision", J::from(facts.revision)),
-        ("native_sidecar", J::from(facts.native_sidecar)),
-        ("hold_application", J::from(facts.hold_application)),
-        ("proxy_image", J::from(proxy_image)),
-        ("proxy_init_image", J::from(proxy_init_image)),
-        ("proxy_uid", J::from(1337)),
-        ("proxy_gid", J::from(1337)),
-        (
-            "workload",
-            J::from(Serde(json!({
-                "kind": facts.workload.kind,
-                "name": facts.workload.name,
-                "api_version": facts.workload.api_version,
-                "namespace": facts.namespace,
-            }))),
-        ),
-        (
-            "owner",
-            J::from(workload::owner_url(facts.workload, facts.namespace)),
-        ),
-        ("status_port", J::from(facts.status_port)),
-        ("interception_mode", J::from(facts.interception_mode)),
-        ("app_containers", J::from(Serde(&app_containers))),
-        ("pod_ports_json", J::from(pod_ports_json(p))),
-        (
-            "proxy_config_json",
-            if facts.custom_proxy_config {
-                J::from(super::proxy_config::cleaned_json(
-                    facts.proxy_config,
-                    istio_namespace,
-                ))
-            } else {
-                J::from(config.proxy_defaults.json.as_str())
-            },
-        ),
-        ("canonical_name", J::from(canonical_name(p, facts.workload))),
-        ("canonical_revision", J::from(canonical_revision(p))),
-        ("proxy_resources", proxy_resources(p, config)),
-        ("cluster_id", J::from(cluster_id)),
-        ("user_volumes", J::from(Serde(user_volumes))),
-        ("user_volume_mounts", J::from(Serde(user_volume_mounts))),
     ];
-    J::from_pairs(entries)
+    let mut derived = Map::new();
+    let mut set = |name: &str, value: Value| {
+        derived.insert(name.to_string(), value);
+    };
+    set("metadata", metadata(p, facts.namespace));
+    set("revision", Value::from(facts.revision));
+    set("native_sidecar", Value::from(facts.native_sidecar));
+    set("hold_application", Value::from(facts.hold_application));
+    set("proxy_image", Value::from(proxy_image));
+    set("proxy_init_image", Value::from(proxy_init_image));
+    set("proxy_uid", Value::from(1337));
+    set("proxy_gid", Value::from(1337));
+    set(
+        "workload",
+        json!({
+            "kind": facts.workload.kind,
+            "name": facts.workload.name,
+            "api_version": facts.workload.api_version,
+            "namespace": facts.namespace,
+        }),
+    );
+    set(
+        "owner",
+        Value::from(workload::owner_url(facts.workload, facts.namespace)),
+    );
+    set("status_port", Value::from(facts.status_port));
+    set("interception_mode", Value::from(facts.interception_mode));
+    set("app_containers", Value::Array(app_containers));
+    set("pod_ports_json", Value::from(pod_ports_json(p)));
+    set(
+        "canonical_name",
+        Value::from(canonical_name(p, facts.workload)),
+    );
+    set("canonical_revision", Value::from(canonical_revision(p)));
+    set("cluster_id", Value::from(cluster_id));
+    set(
+        "user_volumes",
+        Value::Array(named_entries(annotation("sidecar.istio.io/userVolume"))),
+    );
+    set(
+        "user_volume_mounts",
+        Value::Array(named_entries(annotation(
+            "sidecar.istio.io/userVolumeMount",
+        ))),
+    );
+    if facts.custom_proxy_config {
+        set("proxy_config", facts.proxy_config.clone());
+        set(
+            "proxy_config_json",
+            Value::from(super::proxy_config::cleaned_json(
+                facts.proxy_config,
+                istio_namespace,
+            )),
+        );
+    } else {
+        fixed.push(("proxy_config", config.proxy_defaults.ctx.clone()));
+        fixed.push((
+            "proxy_config_json",
+            J::from(config.proxy_defaults.json.as_str()),
+        ));
+    }
+    match proxy_resources(p) {
+        Some(resources) => set("proxy_resources", resources),
+        None => fixed.push(("proxy_resources", config.proxy_defaults.resources.clone())),
+    }
+
+    Arc::new(Context {
+        pod: Arc::clone(shared),
+        facts: Arc::new(Value::Object(derived)),
+        fixed,
+        reads: Arc::default(),
+    })
 }
 
 /// The pod's metadata as templates see it: without `managedFields` (large, and no template
-/// needs it), with the namespace filled in. Serialized straight from the pod, never copied.
-struct MetadataView<'a> {
-    meta: Option<&'a Map<String, Value>>,
-    namespace: &'a str,
-}
-
-impl serde::Serialize for MetadataView<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(None)?;
-        let mut has_namespace = false;
-        for (k, v) in self.meta.into_iter().flatten() {
-            match k.as_str() {
-                "managedFields" => continue,
-                "namespace" if v.as_str().is_none_or(str::is_empty) => continue,
-                "namespace" => has_namespace = true,
-                _ => {}
-            }
-            map.serialize_entry(k, v)?;
+/// needs it), with the namespace filled in.
+fn metadata(p: &Value, namespace: &str) -> Value {
+    let mut out = Map::new();
+    for (k, v) in pod::metadata(p).into_iter().flatten() {
+        match k.as_str() {
+            "managedFields" => continue,
+            "namespace" if v.as_str().is_none_or(str::is_empty) => continue,
+            _ => {}
         }
-        if !has_namespace {
-            map.serialize_entry("namespace", self.namespace)?;
-        }
-        map.end()
+        out.insert(k.clone(), v.clone());
     }
+    if !out.contains_key("namespace") {
+        out.insert("namespace".into(), Value::from(namespace));
+    }
+    Value::Object(out)
 }
 
 /// ISTIO_META_POD_PORTS exactly as istiod's template writes it: one port a line, each as Go
@@ -247,10 +337,10 @@ fn canonical_revision(p: &Value) -> String {
     .to_string()
 }
 
-/// The proxy's resources: when any of the four resource annotations is present only they
-/// count; otherwise `global.proxy.resources` (precomputed per config). Quantities in canonical
-/// form.
-fn proxy_resources(p: &Value, config: &Config) -> J {
+/// The proxy's resources when any of the four resource annotations is present (then only they
+/// count, quantities in canonical form); `None` leaves `global.proxy.resources`, precomputed per
+/// config.
+fn proxy_resources(p: &Value) -> Option<Value> {
     let annotations = [
         ("requests", "cpu", "sidecar.istio.io/proxyCPU"),
         ("requests", "memory", "sidecar.istio.io/proxyMemory"),
@@ -261,7 +351,7 @@ fn proxy_resources(p: &Value, config: &Config) -> J {
         .iter()
         .any(|(_, _, a)| pod::annotation(p, a).is_some())
     {
-        return config.proxy_defaults.resources.clone();
+        return None;
     }
     let mut out = Map::new();
     for (group, resource, a) in annotations {
@@ -272,7 +362,7 @@ fn proxy_resources(p: &Value, config: &Config) -> J {
             }
         }
     }
-    J::from(Serde(Value::Object(out)))
+    Some(Value::Object(out))
 }
 
 /// `global.proxy.resources` with nulls left out and quantities in canonical form.
@@ -371,9 +461,11 @@ mod tests {
             values_resources(&values),
             json!({"limits": {"cpu": "2", "memory": "1Gi"}, "requests": {"cpu": "100m"}})
         );
-        let config = Config::embedded();
         let p = json!({"metadata": {"annotations": {"sidecar.istio.io/proxyCPU": "0.5"}}});
-        let got = serde_json::to_value(proxy_resources(&p, &config)).unwrap_or_default();
-        assert_eq!(got, json!({"requests": {"cpu": "500m"}}));
+        assert_eq!(
+            proxy_resources(&p),
+            Some(json!({"requests": {"cpu": "500m"}}))
+        );
+        assert_eq!(proxy_resources(&json!({})), None);
     }
 }

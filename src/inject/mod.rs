@@ -16,7 +16,6 @@ use crate::config::Config;
 pub mod annotations;
 pub(crate) mod context;
 mod diff;
-pub(crate) mod fragments;
 mod images;
 pub(crate) mod jobs;
 mod json_view;
@@ -30,6 +29,7 @@ pub(crate) mod probes;
 mod prometheus;
 pub(crate) mod proxy_config;
 pub mod quantity;
+pub(crate) mod renders;
 mod status;
 mod workload;
 
@@ -194,7 +194,11 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
     let ctx = context::build(config, &shared, &facts);
     let fragments = templates
         .iter()
-        .map(|name| render(config, name, &ctx))
+        .map(|name| {
+            config
+                .renders
+                .get_or_render(name, &ctx, || render(config, name, &ctx))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     drop(ctx);
     let mut p =
@@ -416,32 +420,30 @@ fn selected_templates(config: &Config, p: &Value, problems: &mut Vec<Problem>) -
 fn render(
     config: &Config,
     name: &str,
-    ctx: &minijinja::Value,
+    ctx: &std::sync::Arc<context::Context>,
 ) -> Result<Map<String, Value>, InjectError> {
     let text = config
         .templates
-        .render(name, ctx)
+        .render(name, &ctx.root())
         .map_err(|e| InjectError::Render {
             template: name.to_string(),
             message: render_error(&e),
         })?;
-    config.fragments.get_or_parse(&text, |text| {
-        match crate::yaml::parse_rendered(&yaml_printable(text)) {
-            Ok(Value::Object(map)) => Ok(map),
-            Ok(Value::Null) => Ok(Map::new()),
-            Ok(other) => Err(InjectError::Fragment {
-                template: name.to_string(),
-                message: format!(
-                    "expected a mapping with metadata and spec, found {}",
-                    json_kind(&other)
-                ),
-            }),
-            Err(e) => Err(InjectError::Fragment {
-                template: name.to_string(),
-                message: e.to_string(),
-            }),
-        }
-    })
+    match crate::yaml::parse_rendered(&yaml_printable(&text)) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(Value::Null) => Ok(Map::new()),
+        Ok(other) => Err(InjectError::Fragment {
+            template: name.to_string(),
+            message: format!(
+                "expected a mapping with metadata and spec, found {}",
+                json_kind(&other)
+            ),
+        }),
+        Err(e) => Err(InjectError::Fragment {
+            template: name.to_string(),
+            message: e.to_string(),
+        }),
+    }
 }
 
 /// JSON leaves some characters unescaped that YAML does not allow in a document (DEL, the C1

@@ -187,7 +187,8 @@ pub enum Decision {
     /// `allowed: true` with a JSON patch, the engine's warnings, then one warning per
     /// guardrail finding about the injected pod.
     Patch {
-        patch: json_patch::Patch,
+        /// The RFC 6902 patch as JSON text.
+        patch: Vec<u8>,
         warnings: Vec<String>,
         /// The ids of the findings among `warnings`, for metrics.
         findings: Vec<&'static str>,
@@ -254,8 +255,8 @@ pub fn decide(
             Outcome::Skipped(reason) => Decision::Pass(Pass::Skipped(reason)),
             Outcome::Denied(denial) => Decision::Deny(denial),
             Outcome::Injected(injected) => {
-                let patch = inject::patch(pod, &injected.pod);
-                if patch.0.is_empty() {
+                let patch = inject::patch_json(pod, &injected.pod);
+                if patch == b"[]" {
                     Decision::Pass(Pass::Unchanged)
                 } else {
                     let mut warnings = injected.warnings;
@@ -326,15 +327,25 @@ fn findings(
         .collect()
 }
 
-/// The AdmissionReview that answers `review` with `decision`.
-pub fn response(review: &Review, decision: &Decision) -> Value {
-    let mut resp = Map::new();
-    resp.insert("uid".into(), Value::String(review.uid.clone()));
+/// The AdmissionReview that answers `review` with `decision`, as JSON text.
+///
+/// Written straight to bytes: the patch is most of an answer, and building it as a JSON value
+/// first would copy it, then scan its base64 text for characters to escape (there are none).
+pub fn response(review: &Review, decision: &Decision) -> Vec<u8> {
+    let patch_len = match decision {
+        Decision::Patch { patch, .. } => patch.len(),
+        _ => 0,
+    };
+    let mut out = Vec::with_capacity(patch_len / 3 * 4 + 512);
+    out.extend_from_slice(b"{\"apiVersion\":");
+    json(&mut out, review.api_version.as_str());
+    out.extend_from_slice(b",\"kind\":\"AdmissionReview\",\"response\":{\"uid\":");
+    json(&mut out, &review.uid);
     let mut audit = Map::new();
     audit.insert("outcome".into(), Value::String(decision.outcome().into()));
     match decision {
         Decision::Pass(pass) => {
-            resp.insert("allowed".into(), Value::Bool(true));
+            out.extend_from_slice(b",\"allowed\":true");
             // The API server prefixes audit keys with the webhook's name:
             // `namespace.sidecar-injector.istio.io/skip-reason`.
             audit.insert("skip-reason".into(), Value::String(pass.label().into()));
@@ -342,39 +353,46 @@ pub fn response(review: &Review, decision: &Decision) -> Value {
         Decision::Patch {
             patch, warnings, ..
         } => {
-            resp.insert("allowed".into(), Value::Bool(true));
-            resp.insert("patchType".into(), Value::String("JSONPatch".into()));
-            // Serializing a Patch (a list of plain ops over JSON values) cannot fail.
-            let bytes = serde_json::to_vec(patch).unwrap_or_default();
-            let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
-            resp.insert("patch".into(), Value::String(encoded));
+            out.extend_from_slice(b",\"allowed\":true,\"patchType\":\"JSONPatch\",\"patch\":\"");
+            // The base64 alphabet needs no escaping inside a JSON string.
+            let engine = base64::engine::general_purpose::STANDARD;
+            let start = out.len();
+            out.resize(
+                start + base64::encoded_len(patch.len(), true).unwrap_or(0),
+                0,
+            );
+            let written = engine.encode_slice(patch, &mut out[start..]).unwrap_or(0);
+            out.truncate(start + written);
+            out.push(b'"');
             if !warnings.is_empty() {
-                resp.insert("warnings".into(), json!(warnings));
+                out.extend_from_slice(b",\"warnings\":");
+                json(&mut out, warnings);
             }
         }
         Decision::Deny(denial) => {
-            resp.insert("allowed".into(), Value::Bool(false));
-            resp.insert(
-                "status".into(),
-                json!({
-                    "status": "Failure",
-                    "code": 403,
-                    "reason": "Forbidden",
-                    "message": denial.to_string(),
-                }),
-            );
+            out.extend_from_slice(b",\"allowed\":false,\"status\":");
+            let status = json!({
+                "status": "Failure",
+                "code": 403,
+                "reason": "Forbidden",
+                "message": denial.to_string(),
+            });
+            json(&mut out, &status);
             audit.insert(
                 "denial-reason".into(),
                 Value::String(decision.reason().into()),
             );
         }
     }
-    resp.insert("auditAnnotations".into(), Value::Object(audit));
-    json!({
-        "apiVersion": review.api_version.as_str(),
-        "kind": "AdmissionReview",
-        "response": resp,
-    })
+    out.extend_from_slice(b",\"auditAnnotations\":");
+    json(&mut out, &audit);
+    out.extend_from_slice(b"}}");
+    out
+}
+
+fn json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // Writing plain JSON values into memory cannot fail.
+    let _ = serde_json::to_writer(out, value);
 }
 
 /// A Kubernetes `Status` body for an HTTP error. `uid` is the review's uid when the review could
@@ -447,7 +465,8 @@ mod tests {
     fn decodes_v1beta1_and_echoes_it() {
         let review = Review::from_slice(&review_json("admission.k8s.io/v1beta1", pod())).unwrap();
         assert_eq!(review.api_version, ApiVersion::V1Beta1);
-        let out = response(&review, &Decision::Pass(Pass::NoObject));
+        let out: Value =
+            serde_json::from_slice(&response(&review, &Decision::Pass(Pass::NoObject))).unwrap();
         assert_eq!(out["apiVersion"], "admission.k8s.io/v1beta1");
         assert_eq!(out["kind"], "AdmissionReview");
         assert_eq!(out["response"]["uid"], review.uid.as_str());
@@ -516,13 +535,13 @@ mod tests {
             pod: after.clone(),
             warnings: vec!["w".into()],
         };
-        let patch = inject::patch(&before, &injected.pod);
+        let patch = inject::patch_json(&before, &injected.pod);
         let decision = Decision::Patch {
             patch,
             warnings: injected.warnings,
             findings: Vec::new(),
         };
-        let out = response(&review, &decision);
+        let out: Value = serde_json::from_slice(&response(&review, &decision)).unwrap();
         let resp = &out["response"];
         assert_eq!(resp["allowed"], true);
         assert_eq!(resp["patchType"], "JSONPatch");
@@ -552,7 +571,8 @@ mod tests {
                 accepted: "accepted: REDIRECT, TPROXY, NONE".into(),
             }],
         };
-        let out = response(&review, &Decision::Deny(denial));
+        let out: Value =
+            serde_json::from_slice(&response(&review, &Decision::Deny(denial))).unwrap();
         let resp = &out["response"];
         assert_eq!(resp["allowed"], false);
         assert!(resp.get("patch").is_none());
@@ -565,10 +585,11 @@ mod tests {
     #[test]
     fn a_skip_is_allowed_without_patch_and_says_why() {
         let review = Review::from_slice(&review_json("admission.k8s.io/v1", pod())).unwrap();
-        let out = response(
+        let out: Value = serde_json::from_slice(&response(
             &review,
             &Decision::Pass(Pass::Skipped(SkipReason::HostNetwork)),
-        );
+        ))
+        .unwrap();
         let resp = &out["response"];
         assert_eq!(resp["allowed"], true);
         assert!(resp.get("patch").is_none());

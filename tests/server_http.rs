@@ -91,6 +91,7 @@ async fn a_pod_create_is_injected_and_the_patch_applies_to_the_sent_pod() {
             "{}",
             String::from_utf8_lossy(&reply.body)
         );
+        assert_eq!(reply.content_type.as_deref(), Some("application/json"));
         let body = reply.json();
         let response = &body["response"];
         assert_eq!(response["uid"], UID);

@@ -13,26 +13,97 @@ use serde_json::{Map, Value};
 /// The patch that turns `left` into `right`.
 pub(crate) fn diff(left: &Value, right: &Value) -> Patch {
     let mut patch = Patch(Vec::new());
-    let mut path = PointerBuf::new();
-    value(left, right, &mut path, &mut patch);
+    value(left, right, &mut PointerBuf::new(), &mut patch);
     patch
 }
 
-fn value(left: &Value, right: &Value, path: &mut PointerBuf, patch: &mut Patch) {
+/// The same patch as [`diff`], written straight as JSON text: the webhook only sends it, so the
+/// values it adds are serialized from `right` in place instead of being copied into operations.
+pub(crate) fn diff_json(left: &Value, right: &Value) -> Vec<u8> {
+    let mut out = JsonOps(Vec::with_capacity(4096));
+    out.0.push(b'[');
+    value(left, right, &mut PointerBuf::new(), &mut out);
+    out.0.push(b']');
+    out.0
+}
+
+/// Where the walk puts the operations it finds, in order.
+trait Ops<'a> {
+    fn add(&mut self, path: &PointerBuf, value: &'a Value);
+    fn replace(&mut self, path: &PointerBuf, value: &'a Value);
+    fn remove(&mut self, path: &PointerBuf);
+}
+
+impl<'a> Ops<'a> for Patch {
+    fn add(&mut self, path: &PointerBuf, value: &'a Value) {
+        self.0.push(PatchOperation::Add(AddOperation {
+            path: path.clone(),
+            value: value.clone(),
+        }));
+    }
+
+    fn replace(&mut self, path: &PointerBuf, value: &'a Value) {
+        self.0.push(PatchOperation::Replace(ReplaceOperation {
+            path: path.clone(),
+            value: value.clone(),
+        }));
+    }
+
+    fn remove(&mut self, path: &PointerBuf) {
+        self.0.push(PatchOperation::Remove(RemoveOperation {
+            path: path.clone(),
+        }));
+    }
+}
+
+/// Operations as JSON text, byte for byte what serializing a [`Patch`] gives.
+struct JsonOps(Vec<u8>);
+
+impl JsonOps {
+    fn op(&mut self, op: &str, path: &PointerBuf, value: Option<&Value>) {
+        let out = &mut self.0;
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"op\":\"");
+        out.extend_from_slice(op.as_bytes());
+        out.extend_from_slice(b"\",\"path\":");
+        // Writing a string or a JSON value into memory cannot fail.
+        let _ = serde_json::to_writer(&mut *out, path.as_str());
+        if let Some(value) = value {
+            out.extend_from_slice(b",\"value\":");
+            let _ = serde_json::to_writer(&mut *out, value);
+        }
+        out.push(b'}');
+    }
+}
+
+impl<'a> Ops<'a> for JsonOps {
+    fn add(&mut self, path: &PointerBuf, value: &'a Value) {
+        self.op("add", path, Some(value));
+    }
+
+    fn replace(&mut self, path: &PointerBuf, value: &'a Value) {
+        self.op("replace", path, Some(value));
+    }
+
+    fn remove(&mut self, path: &PointerBuf) {
+        self.op("remove", path, None);
+    }
+}
+
+fn value<'a>(left: &Value, right: &'a Value, path: &mut PointerBuf, ops: &mut impl Ops<'a>) {
     if left == right {
         return;
     }
     match (left, right) {
-        (Value::Object(l), Value::Object(r)) => object(l, r, path, patch),
-        (Value::Array(l), Value::Array(r)) => array(l, r, path, patch),
-        _ => patch.0.push(PatchOperation::Replace(ReplaceOperation {
-            path: path.clone(),
-            value: right.clone(),
-        })),
+        (Value::Object(l), Value::Object(r)) => object(l, r, path, ops),
+        (Value::Array(l), Value::Array(r)) => array(l, r, path, ops),
+        _ => ops.replace(path, right),
     }
 }
 
-fn array(left: &[Value], right: &[Value], path: &mut PointerBuf, patch: &mut Patch) {
+fn array<'a>(left: &[Value], right: &'a [Value], path: &mut PointerBuf, ops: &mut impl Ops<'a>) {
     let len = left.len().max(right.len());
     let mut shift = 0usize;
     for idx in 0..len {
@@ -40,24 +111,19 @@ fn array(left: &[Value], right: &[Value], path: &mut PointerBuf, patch: &mut Pat
             (Some(l), Some(r)) => {
                 if l != r {
                     path.push_back(idx - shift);
-                    value(l, r, path, patch);
+                    value(l, r, path, ops);
                     path.pop_back();
                 }
             }
             (Some(_), None) => {
                 path.push_back(idx - shift);
-                patch.0.push(PatchOperation::Remove(RemoveOperation {
-                    path: path.clone(),
-                }));
+                ops.remove(path);
                 path.pop_back();
                 shift += 1;
             }
             (None, Some(r)) => {
                 path.push_back(idx - shift);
-                patch.0.push(PatchOperation::Add(AddOperation {
-                    path: path.clone(),
-                    value: r.clone(),
-                }));
+                ops.add(path, r);
                 path.pop_back();
             }
             (None, None) => {}
@@ -65,26 +131,23 @@ fn array(left: &[Value], right: &[Value], path: &mut PointerBuf, patch: &mut Pat
     }
 }
 
-fn object(
+fn object<'a>(
     left: &Map<String, Value>,
-    right: &Map<String, Value>,
+    right: &'a Map<String, Value>,
     path: &mut PointerBuf,
-    patch: &mut Patch,
+    ops: &mut impl Ops<'a>,
 ) {
     for (key, r) in right {
         match left.get(key) {
             Some(l) if l == r => {}
             Some(l) => {
                 path.push_back(key);
-                value(l, r, path, patch);
+                value(l, r, path, ops);
                 path.pop_back();
             }
             None => {
                 path.push_back(key);
-                patch.0.push(PatchOperation::Add(AddOperation {
-                    path: path.clone(),
-                    value: r.clone(),
-                }));
+                ops.add(path, r);
                 path.pop_back();
             }
         }
@@ -92,9 +155,7 @@ fn object(
     for key in left.keys() {
         if !right.contains_key(key) {
             path.push_back(key);
-            patch.0.push(PatchOperation::Remove(RemoveOperation {
-                path: path.clone(),
-            }));
+            ops.remove(path);
             path.pop_back();
         }
     }
@@ -123,12 +184,14 @@ mod tests {
 
     proptest! {
         #[test]
-        fn same_operations_as_json_patch_and_the_patch_applies(a in json(), b in json()) {
+        fn same_operations_as_json_patch_the_patch_applies_and_the_text_matches(a in json(), b in json()) {
             let ours = diff(&a, &b);
             prop_assert_eq!(&ours, &json_patch::diff(&a, &b));
             let mut patched = a.clone();
             json_patch::patch(&mut patched, &ours).expect("applies");
-            prop_assert_eq!(patched, b);
+            prop_assert_eq!(patched, b.clone());
+            let expected = String::from_utf8(serde_json::to_vec(&ours).expect("serializes"));
+            prop_assert_eq!(String::from_utf8(diff_json(&a, &b)), expected);
         }
     }
 }

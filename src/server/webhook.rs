@@ -123,7 +123,11 @@ async fn answer(shared: &Shared, headers: &HeaderMap, body: Body) -> Answered {
                 }
             }
             Answered {
-                response: axum::Json(admission::response(&review, &decision)).into_response(),
+                response: (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    admission::response(&review, &decision),
+                )
+                    .into_response(),
                 outcome: decision.outcome(),
                 reason: decision.reason(),
                 detail: None,

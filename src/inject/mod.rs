@@ -251,8 +251,8 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
             .and_then(Value::as_bool)
             .unwrap_or(true);
         if probes::rewrite_enabled(pod::annotations(&p), rewrite_default) {
-            let spec = p.get("spec").cloned().unwrap_or(Value::Null);
-            let found = probes::app_probers(&spec, mesh_status_port);
+            let found =
+                probes::app_probers(p.get("spec").unwrap_or(&Value::Null), mesh_status_port);
             let previous_probers = previous.probers.as_deref().filter(|_| previous.injected);
             if let Some(env) = probes::probers_env(found, previous_probers) {
                 set_proxy_env(&mut p, status::PROBERS_ENV, env);

@@ -86,6 +86,29 @@ fn canonical_name_that_trims_to_nothing_is_stable_across_injections() {
     }
 }
 
+/// `fuzz/fuzz_targets/engine.rs`: a user's own `istio-init` carrying a float in a field of its
+/// own is saved as JSON text in `proxy.istio.io/overrides`; reading the text back gave a float
+/// one unit off in the last place (serde_json's default float reader is not exact), so the
+/// second injection changed the pod. Floats now read back exactly, here and in every review.
+#[test]
+fn floats_in_saved_user_containers_read_back_exactly() {
+    let config = Config::embedded();
+    // Built in Rust, not read from text, so the float is exactly the one the fuzzer found.
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "app", "image": "app"},
+            {"name": "istio-init", "futureField": 9.198_262_618_227_505e-121_f64}]}});
+    let first = injected(&config, &pod);
+    let init = first["spec"]["initContainers"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["name"] == "istio-init"))
+        .unwrap();
+    assert_eq!(
+        init["futureField"],
+        pod["spec"]["containers"][1]["futureField"]
+    );
+    assert_eq!(injected(&config, &first), first);
+}
+
 fn injected(config: &Config, pod: &Value) -> Value {
     let request = Request {
         pod,

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 /// The patch that turns `left` into `right`.
 pub(crate) fn diff(left: &Value, right: &Value) -> Patch {
     let mut patch = Patch(Vec::new());
-    if left != right {
+    if !same(left, right) {
         value(left, right, &mut PointerBuf::new(), &mut patch);
     }
     patch
@@ -24,7 +24,7 @@ pub(crate) fn diff(left: &Value, right: &Value) -> Patch {
 pub(crate) fn diff_json(left: &Value, right: &Value) -> Vec<u8> {
     let mut out = JsonOps(Vec::with_capacity(4096));
     out.0.push(b'[');
-    if left != right {
+    if !same(left, right) {
         value(left, right, &mut PointerBuf::new(), &mut out);
     }
     out.0.push(b']');
@@ -101,7 +101,34 @@ impl<'a> Ops<'a> for JsonOps {
 /// (a container whose probe changed, after 2,000 unchanged env vars). Anything else is compared
 /// first, so an unchanged list is read once and its entries get no path of their own.
 fn descend(left: &Value, right: &Value) -> bool {
-    matches!((left, right), (Value::Object(_), Value::Object(_))) || left != right
+    matches!((left, right), (Value::Object(_), Value::Object(_))) || !same(left, right)
+}
+
+/// `left == right`, faster for what a diff meets. serde_json compares mappings by looking every
+/// key of one up in the other (a hash per key); an injected pod keeps the order of the mappings
+/// it did not change, so they are compared entry by entry, and only mappings whose keys are in
+/// another order fall back to lookups.
+fn same(left: &Value, right: &Value) -> bool {
+    match (left, right) {
+        (Value::Object(l), Value::Object(r)) => {
+            if l.len() != r.len() {
+                return false;
+            }
+            for ((lk, lv), (rk, rv)) in l.iter().zip(r) {
+                if lk != rk {
+                    return l == r;
+                }
+                if !same(lv, rv) {
+                    return false;
+                }
+            }
+            true
+        }
+        (Value::Array(l), Value::Array(r)) => {
+            l.len() == r.len() && l.iter().zip(r).all(|(a, b)| same(a, b))
+        }
+        _ => left == right,
+    }
 }
 
 /// The operations for two values that differ (or two mappings). Each unchanged subtree is
@@ -193,7 +220,28 @@ mod tests {
         })
     }
 
+    /// The same mapping with its keys in reverse order, all the way down.
+    fn reordered(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .rev()
+                    .map(|(k, v)| (k.clone(), reordered(v)))
+                    .collect(),
+            ),
+            Value::Array(a) => Value::Array(a.iter().map(reordered).collect()),
+            other => other.clone(),
+        }
+    }
+
     proptest! {
+        #[test]
+        fn same_is_equality_whatever_the_key_order(a in json(), b in json()) {
+            prop_assert_eq!(same(&a, &b), a == b);
+            prop_assert!(same(&a, &reordered(&a)));
+            prop_assert_eq!(same(&a, &reordered(&b)), a == b);
+        }
+
         #[test]
         fn same_operations_as_json_patch_the_patch_applies_and_the_text_matches(a in json(), b in json()) {
             let ours = diff(&a, &b);

@@ -145,6 +145,12 @@ for port in "$CEILING_PORT" "$PARSE_PORT"; do
     done
 done
 
+# hello-distinct: the hello body with another `app` label on every request, as if every pod were
+# the first of a new workload. The template reads that label, so no earlier render is reused:
+# the injector's worst case. HTTP/1.1 only (h2load sends one fixed body); the ceiling answers it
+# with the hello answer.
+cp "$WORK/responses/hello.json" "$WORK/responses/hello-distinct.json"
+
 # ---- one run -----------------------------------------------------------------------------------
 cpu_ticks() { # pid: user + system time in clock ticks (fields 14 and 15 of /proc/PID/stat)
     sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
@@ -157,6 +163,15 @@ wrk.headers["Content-Type"] = "application/json"
 local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
 wrk.body = f:read("*a")
 f:close()
+-- Only defined for hello-distinct: without it wrk sends one prepared request over and over.
+if os.getenv("BENCH_DISTINCT") == "1" then
+    local sent = 0
+    function request()
+        sent = sent + 1
+        local body = wrk.body:gsub('"app":"hello"', '"app":"hello-' .. sent .. '"', 1)
+        return wrk.format(nil, nil, nil, body)
+    end
+end
 function done(summary, latency, requests)
     local e = summary.errors
     io.write(string.format("RESULT %d %d %d %d %d\n", summary.requests, summary.duration,
@@ -174,7 +189,9 @@ run() {
     if [ "$proto" = h1 ]; then
         local line
         local out
-        out=$(BENCH_BODY="$WORK/$body.json" client taskset -c "$CLIENT_CPU" \
+        local file=$body distinct=0
+        [ "$body" = hello-distinct ] && file=hello distinct=1
+        out=$(BENCH_BODY="$WORK/$file.json" BENCH_DISTINCT=$distinct client taskset -c "$CLIENT_CPU" \
             wrk -t1 -c"$conc" -d"${DURATION}s" --timeout 5s -s "$WORK/post.lua" "$url")
         read -r _ requests seconds p50 p99 errors <<<"$(grep '^RESULT' <<<"$out")"
         seconds=$(awk -v us="$seconds" 'BEGIN { print us / 1e6 }')
@@ -220,7 +237,8 @@ printf 'proto\tbody\tconc\tround\tserver\trps\tp50_us\tp99_us\terrors\trequests\
 SERVERS=("ours $OURS_PORT $OURS_PID" "ceiling $CEILING_PORT $CEILING_PID" "parse $PARSE_PORT $PARSE_PID")
 echo "== load: $ROUNDS round(s) of ${DURATION}s per run"
 for proto in h1 h2; do
-    for body in hello large; do
+    for body in hello hello-distinct large; do
+        [ "$proto" = h2 ] && [ "$body" = hello-distinct ] && continue
         for conc in 1 16 64; do
             for round in $(seq 1 "$ROUNDS"); do
                 for k in 0 1 2; do

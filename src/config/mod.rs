@@ -93,6 +93,10 @@ pub(crate) struct ProxyDefaults {
     pub json: String,
     /// The proxy's resources from `global.proxy.resources`.
     pub resources: minijinja::Value,
+    /// The proxy image type of pods that do not pick one, and the two images for it.
+    pub image_type: Option<String>,
+    pub proxy_image: String,
+    pub proxy_init_image: String,
 }
 
 impl ProxyDefaults {
@@ -102,7 +106,19 @@ impl ProxyDefaults {
             .pointer("/global/istioNamespace")
             .and_then(Value::as_str)
             .unwrap_or("istio-system");
+        let image_type = crate::inject::images::proxy_image_type(None, &config, values);
         ProxyDefaults {
+            proxy_image: crate::inject::images::image(
+                values,
+                "/global/proxy/image",
+                Some(image_type.unwrap_or("")),
+            ),
+            proxy_init_image: crate::inject::images::image(
+                values,
+                "/global/proxy_init/image",
+                None,
+            ),
+            image_type: image_type.map(str::to_string),
             ctx: minijinja::Value::from(minijinja::value::Serde(&config)),
             json: crate::inject::proxy_config::cleaned_json(&config, istio_namespace),
             resources: minijinja::Value::from(minijinja::value::Serde(

@@ -134,20 +134,23 @@ pub(crate) fn build(config: &Config, shared: &Arc<Value>, facts: &Facts<'_>) -> 
         facts.proxy_config,
         values,
     );
-    let proxy_image = image_override.map_or_else(
-        || {
+    let defaults = &config.proxy_defaults;
+    let (proxy_image, proxy_init_image) = match image_override {
+        Some(image) => (image.to_string(), image.to_string()),
+        // Most pods pick no image of their own: the images were built once per config.
+        None if image_type == defaults.image_type.as_deref() => (
+            defaults.proxy_image.clone(),
+            defaults.proxy_init_image.clone(),
+        ),
+        None => (
             super::images::image(
                 values,
                 "/global/proxy/image",
                 Some(image_type.unwrap_or("")),
-            )
-        },
-        str::to_string,
-    );
-    let proxy_init_image = image_override.map_or_else(
-        || super::images::image(values, "/global/proxy_init/image", None),
-        str::to_string,
-    );
+            ),
+            super::images::image(values, "/global/proxy_init/image", None),
+        ),
+    };
 
     let istio_namespace = values
         .pointer("/global/istioNamespace")

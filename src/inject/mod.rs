@@ -16,7 +16,7 @@ use crate::config::Config;
 pub mod annotations;
 pub(crate) mod context;
 mod diff;
-mod images;
+pub(crate) mod images;
 pub(crate) mod jobs;
 mod json_view;
 mod merge;

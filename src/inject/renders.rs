@@ -306,6 +306,27 @@ mod tests {
     }
 
     #[test]
+    fn a_name_the_config_answers_is_not_taken_for_one_the_pod_overrides() {
+        let config = config(
+            "metadata:\n  annotations:\n    hold: {{ proxy_config.holdApplicationUntilProxyStarts | string }}\n",
+        );
+        let plain = pod("a", "v", json!(1));
+        let mut custom = plain.clone();
+        custom["metadata"]["annotations"] =
+            json!({"proxy.istio.io/config": "holdApplicationUntilProxyStarts: true"});
+        let first = injected(&config, &plain);
+        let second = injected(&config, &custom);
+        assert_eq!(config.renders.len(), 2);
+        assert_ne!(
+            first["metadata"]["annotations"]["hold"],
+            second["metadata"]["annotations"]["hold"]
+        );
+        // And back: the plain pod reuses its own render, not the custom one.
+        assert_eq!(injected(&config, &plain), first);
+        assert_eq!(config.renders.len(), 2);
+    }
+
+    #[test]
     fn a_render_that_lists_the_whole_context_is_not_reused() {
         let config = config("metadata:\n  annotations:\n    n: {{ debug() | length }}\n");
         injected(&config, &pod("a", "v", json!(1)));

@@ -155,7 +155,9 @@ impl<'a> Parser<'a> {
 /// reads as line breaks or byte-order marks (CR, NEL, U+2028, U+2029, U+FEFF), where this
 /// reader would see ordinary text: such a document is left to the full parser.
 fn has_special_characters(text: &str) -> bool {
-    let control = |b: u8| (b < 0x20 && b != b'\t' && b != b'\n') || b == 0x7f;
+    // A tab is also left to the full parser: where it may stand depends on what precedes it
+    // (`- a\t` is an item, `- -\t` an error), and templates have no reason to write one.
+    let control = |b: u8| (b < 0x20 && b != b'\n') || b == 0x7f;
     let special = |c: char| {
         ('\u{80}'..='\u{9f}').contains(&c)
             || matches!(

@@ -26,6 +26,11 @@ use super::json_view::{Read, Seen, Source, Step};
 /// bookkeeping on the hot path.
 const CAPACITY: usize = 64;
 
+/// How many shapes are kept, most recently used first. Looking a pod up hashes its context once
+/// per shape, so this bounds a lookup's cost in a cluster whose pods take many paths through the
+/// template; the least recently used shape goes first.
+const SHAPES: usize = 8;
+
 /// Where a read went: the document, the path, and whether the node was listed.
 type Place = (Source, Vec<Step>, bool);
 
@@ -63,6 +68,9 @@ impl Shape {
 #[derive(Debug, Default)]
 pub(crate) struct RenderMemo {
     shapes: Mutex<Vec<Shape>>,
+    /// Renders done because nothing could be reused.
+    #[cfg(test)]
+    misses: std::sync::atomic::AtomicUsize,
 }
 
 impl RenderMemo {
@@ -81,6 +89,9 @@ impl RenderMemo {
         }
         // Reads logged before this render (a failed render may leave some) must not count.
         let _ = ctx.take_reads();
+        #[cfg(test)]
+        self.misses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let fragment = render()?;
         if let Some((places, seen)) = ctx.take_reads().and_then(distinct) {
             self.remember(name, ctx, places, seen, &fragment);
@@ -89,12 +100,14 @@ impl RenderMemo {
     }
 
     fn find(&self, name: &str, ctx: &Context) -> Option<Arc<Entry>> {
-        let shapes = self.shapes.lock().ok()?;
-        shapes
+        let mut shapes = self.shapes.lock().ok()?;
+        let (at, entry) = shapes
             .iter()
-            .filter(|s| s.template == name)
-            .find_map(|s| s.find(ctx))
-            .cloned()
+            .enumerate()
+            .filter(|(_, s)| s.template == name)
+            .find_map(|(at, s)| Some((at, Arc::clone(s.find(ctx)?))))?;
+        shapes[..=at].rotate_right(1);
+        Some(entry)
     }
 
     fn remember(
@@ -124,11 +137,17 @@ impl RenderMemo {
             Some(shape) => {
                 shape.renders.insert(hash, entry);
             }
-            None => shapes.push(Shape {
-                template: name.to_string(),
-                places,
-                renders: HashMap::from([(hash, entry)]),
-            }),
+            None => {
+                shapes.truncate(SHAPES - 1);
+                shapes.insert(
+                    0,
+                    Shape {
+                        template: name.to_string(),
+                        places,
+                        renders: HashMap::from([(hash, entry)]),
+                    },
+                );
+            }
         }
     }
 
@@ -331,6 +350,41 @@ mod tests {
         let config = config("metadata:\n  annotations:\n    n: {{ debug() | length }}\n");
         injected(&config, &pod("a", "v", json!(1)));
         assert_eq!(config.renders.len(), 0);
+    }
+
+    #[test]
+    fn shapes_are_bounded_and_the_latest_used_is_kept() {
+        // The template reads every annotation: each pod below has one more, so each reads
+        // one more place, a shape of its own.
+        let config = config(
+            "metadata:\n  labels:\n{% for k in metadata.annotations %}    {{ k }}: {{ metadata.annotations[k] }}\n{% endfor %}    x: \"1\"\n",
+        );
+        let shaped = |n: usize| {
+            let annotations: Map<String, Value> =
+                (0..n).map(|i| (format!("a{i}"), json!("v"))).collect();
+            json!({"metadata": {"annotations": annotations},
+                "spec": {"containers": [{"name": "app", "image": "app"}]}})
+        };
+        injected(&config, &shaped(0));
+        for n in 1..12 {
+            injected(&config, &shaped(n));
+            // The first one stays in use, so it stays in the memo.
+            injected(&config, &shaped(0));
+        }
+        let misses = || {
+            config
+                .renders
+                .misses
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        // Pod 0 was rendered once; every later one of it was reused.
+        assert_eq!(misses(), 12);
+        let shapes = config.renders.shapes.lock().unwrap();
+        assert_eq!(shapes.len(), SHAPES);
+        assert_eq!(
+            shapes.iter().map(|s| s.renders.len()).sum::<usize>(),
+            SHAPES
+        );
     }
 
     #[test]

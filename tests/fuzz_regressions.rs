@@ -39,7 +39,7 @@ fn quantity_too_large_for_the_mantissa_is_an_error() {
 }
 
 /// `fuzz/fuzz_targets/yaml_rendered.rs`: the fast reader of rendered YAML accepted characters
-/// the full parser rejects (`- :\0`, a tab after a dash) or reads as line breaks (a lone CR,
+/// the full parser rejects (`- :\0`, a tab after a dash, `key: -`) or reads as line breaks (a lone CR,
 /// NEL, U+2028), so the two disagreed. Such documents now go to the full parser; both readers give the same answer.
 #[test]
 fn rendered_yaml_with_special_characters_reads_as_the_full_parser_reads_it() {
@@ -56,6 +56,10 @@ fn rendered_yaml_with_special_characters_reads_as_the_full_parser_reads_it() {
         // A tab after a sequence dash: an error for the full parser, once an item `-`.
         "- -\t\t\t\t",
         "- a\t",
+        // A dash as a mapping value on the key's line: an error for the full parser.
+        "J: -",
+        "a: - b",
+        "a: -1",
     ] {
         let fast = yaml::parse_rendered(text).map_err(|e| e.message);
         let full = yaml::parse_one(text).map_err(|e| e.message);

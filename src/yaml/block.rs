@@ -129,6 +129,11 @@ impl<'a> Parser<'a> {
                     _ => Value::Null,
                 }
             } else {
+                // `key: -` and `key: - x` are errors for the full parser (a sequence cannot
+                // start after a key on the same line): leave them to it.
+                if is_dash(rest) {
+                    return None;
+                }
                 let v = scalar(rest)?;
                 if self.peek().is_some_and(|n| n.indent > indent) {
                     return None; // a multi-line scalar, or a nested block after a value

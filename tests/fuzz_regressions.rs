@@ -38,9 +38,10 @@ fn quantity_too_large_for_the_mantissa_is_an_error() {
     assert_eq!(quantity::canonical("1e18").as_deref(), Ok("1e18"));
 }
 
-/// `fuzz/fuzz_targets/yaml_rendered.rs`: the fast reader of rendered YAML accepted characters
-/// the full parser rejects (`- :\0`, a tab after a dash, `key: -`) or reads as line breaks (a lone CR,
-/// NEL, U+2028), so the two disagreed. Such documents now go to the full parser; both readers give the same answer.
+/// `fuzz/fuzz_targets/yaml_rendered.rs`: the fast reader of rendered YAML accepted what the
+/// full parser rejects (`- :\0`, a tab after a dash, `key: -`), typed a value otherwise (`[-0]`)
+/// or read as line breaks what the full parser does not (a lone CR, NEL, U+2028). Such documents
+/// now go to the full parser; both readers give the same answer.
 #[test]
 fn rendered_yaml_with_special_characters_reads_as_the_full_parser_reads_it() {
     for text in [
@@ -60,6 +61,10 @@ fn rendered_yaml_with_special_characters_reads_as_the_full_parser_reads_it() {
         "J: -",
         "a: - b",
         "a: -1",
+        // Negative zero in JSON flow: an integer for the full parser, -0.0 for serde_json.
+        "- [-0]",
+        "a: {\"b\": -0}",
+        "a: [1.5, -0.0, 1e3]",
     ] {
         let fast = yaml::parse_rendered(text).map_err(|e| e.message);
         let full = yaml::parse_one(text).map_err(|e| e.message);

@@ -221,12 +221,21 @@ fn scalar(text: &str) -> Option<Value> {
             let mut de = serde_json::Deserializer::from_str(text);
             let value: Value = serde::Deserialize::deserialize(&mut de).ok()?;
             de.end().ok()?;
-            // A JSON string holding characters YAML escapes differently is left to the full
-            // parser (none come out of JSON escaping, but stay exact).
-            Some(value)
+            // Numbers that are not integers are left to the full parser: YAML and JSON read
+            // some of them differently (`-0` is an integer in YAML, -0.0 in serde_json).
+            (!has_float(&value)).then_some(value)
         }
         '\'' => single_quoted(text),
         _ => plain(text),
+    }
+}
+
+fn has_float(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => n.is_f64(),
+        Value::Array(items) => items.iter().any(has_float),
+        Value::Object(map) => map.values().any(has_float),
+        _ => false,
     }
 }
 

@@ -218,6 +218,10 @@ fn scalar(text: &str) -> Option<Value> {
             Some(Value::String(text[1..text.len() - 1].to_string()))
         }
         '"' | '{' | '[' => {
+            // JSON joins an escaped surrogate pair into one character; YAML does not.
+            if has_escaped_surrogate(text) {
+                return None;
+            }
             let mut de = serde_json::Deserializer::from_str(text);
             let value: Value = serde::Deserialize::deserialize(&mut de).ok()?;
             de.end().ok()?;
@@ -228,6 +232,15 @@ fn scalar(text: &str) -> Option<Value> {
         '\'' => single_quoted(text),
         _ => plain(text),
     }
+}
+
+fn has_escaped_surrogate(text: &str) -> bool {
+    text.as_bytes().windows(4).any(|w| {
+        w[0] == b'\\'
+            && w[1] == b'u'
+            && matches!(w[2], b'd' | b'D')
+            && matches!(w[3], b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
+    })
 }
 
 fn has_float(value: &Value) -> bool {

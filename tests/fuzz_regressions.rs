@@ -39,10 +39,11 @@ fn quantity_too_large_for_the_mantissa_is_an_error() {
 }
 
 /// `fuzz/fuzz_targets/yaml_rendered.rs`: the fast reader of rendered YAML accepted what the
-/// full parser rejects (`- :\0`, a tab after a dash, `key: -`), typed or decoded a value
-/// otherwise (`[-0]`, an escaped surrogate pair) or read as line breaks what the full parser
-/// does not (a lone CR, NEL, U+2028). Such documents now go to the full parser; both readers
-/// give the same answer. (The surrogate pair was found by reading, not by the fuzzer.)
+/// full parser rejects (`- :\0`, a tab after a dash, `key: -`, a key over 1,024 characters),
+/// typed or decoded a value otherwise (`[-0]`, an escaped surrogate pair) or read as line breaks
+/// what the full parser does not (a lone CR, NEL, U+2028). Such documents now go to the full
+/// parser; both readers give the same answer. (The surrogate pair was found by reading, not by
+/// the fuzzer.)
 #[test]
 fn rendered_yaml_with_special_characters_reads_as_the_full_parser_reads_it() {
     for text in [
@@ -72,6 +73,15 @@ fn rendered_yaml_with_special_characters_reads_as_the_full_parser_reads_it() {
     ] {
         let fast = yaml::parse_rendered(text).map_err(|e| e.message);
         let full = yaml::parse_one(text).map_err(|e| e.message);
+        assert_eq!(fast, full, "{text:?}");
+    }
+    // A key over YAML's 1,024 characters for keys without `? `: an error for the full parser.
+    for text in [
+        format!("- {}:", "1:".repeat(700)),
+        format!("{}: x", "k".repeat(1100)),
+    ] {
+        let fast = yaml::parse_rendered(&text).map_err(|e| e.message);
+        let full = yaml::parse_one(&text).map_err(|e| e.message);
         assert_eq!(fast, full, "{text:?}");
     }
 }

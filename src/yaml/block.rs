@@ -191,6 +191,10 @@ fn split_key(text: &str) -> Option<(&str, &str)> {
     if key.is_empty() || key.ends_with(' ') || has_space_hash(key) || key.contains('\t') {
         return None;
     }
+    // YAML limits a key without `? ` to 1,024 characters; the full parser reports longer ones.
+    if key.len() > 1000 {
+        return None;
+    }
     Some((key, rest))
 }
 

@@ -78,7 +78,7 @@ pub struct Review {
 impl Review {
     /// Decodes a review from the raw request body.
     pub fn from_slice(body: &[u8]) -> Result<Review, ReviewError> {
-        let value: Value = serde_json::from_slice(body)?;
+        let value = crate::value::from_slice(body)?;
         let Value::Object(mut top) = value else {
             return Err(ReviewError::NotAnObject);
         };

@@ -14,4 +14,5 @@ pub mod inject;
 pub mod manifest;
 pub mod metrics;
 pub mod server;
+pub mod value;
 pub mod yaml;

@@ -147,3 +147,35 @@ fn injected(config: &Config, pod: &Value) -> Value {
         other => panic!("expected an injection, got {other:?}"),
     }
 }
+
+/// `fuzz/fuzz_targets/yaml_rendered.rs` found `$serde_json::private::RawValue:` read differently
+/// by the two YAML readers. The cause was not YAML: with serde_json's `raw_value` feature on
+/// (axum enables it), `serde_json::Value`'s own reading takes an object whose first key is that
+/// string for embedded JSON text. A review body, a manifest or an annotation holding such a key
+/// would have been changed; every outside value is now read with `value::Exact`.
+#[test]
+fn an_object_key_is_only_a_key() {
+    let magic = "$serde_json::private::RawValue";
+    let review = serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "operation": "CREATE", "namespace": "default",
+            "object": {"metadata": {"name": "p", "labels": {magic: "[1,2]"}},
+                "spec": {"containers": [{"name": "app", "image": "app"}]}}}
+    }))
+    .unwrap();
+    let decoded = sidecar_injector::admission::Review::from_slice(&review).unwrap();
+    assert_eq!(
+        decoded.object.unwrap()["metadata"]["labels"],
+        json!({magic: "[1,2]"})
+    );
+    for text in [format!("{magic}:"), format!("a:\n  {magic}: \"[1, 2]\"")] {
+        let fast = yaml::parse_rendered(&text).map_err(|e| e.message);
+        let full = yaml::parse_one(&text).map_err(|e| e.message);
+        assert_eq!(fast, full, "{text:?}");
+    }
+    assert_eq!(
+        yaml::parse_one(&format!("a:\n  {magic}: \"[1, 2]\"")).unwrap(),
+        json!({"a": {magic: "[1, 2]"}})
+    );
+}

@@ -220,8 +220,8 @@ pub enum InitStep<'l, 'a> {
 
 /// Container names listed in the `sidecar.istio.io/status` annotation.
 fn status_names(pod: &Value) -> Vec<String> {
-    let Some(status) = annotation(pod, STATUS_ANNOTATION)
-        .and_then(|text| serde_json::from_str::<Value>(text).ok())
+    let Some(status) =
+        annotation(pod, STATUS_ANNOTATION).and_then(|text| crate::value::from_str(text).ok())
     else {
         return Vec::new();
     };

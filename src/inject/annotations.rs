@@ -214,7 +214,7 @@ fn resource_quantity(text: &str) -> Result<(), String> {
 }
 
 fn json_map(text: &str) -> Result<(), String> {
-    match serde_json::from_str::<Value>(text) {
+    match crate::value::from_str(text) {
         Ok(Value::Object(map)) if map.values().all(Value::is_object) => Ok(()),
         _ => Err("accepted: a JSON object mapping each name to its specification, e.g. {\"data\":{\"emptyDir\":{}}}".into()),
     }
@@ -222,7 +222,7 @@ fn json_map(text: &str) -> Result<(), String> {
 
 fn overrides(text: &str) -> Result<(), String> {
     let accepted = "this annotation is written by the injector; accepted: JSON {\"containers\":[...],\"initContainers\":[...]}";
-    match serde_json::from_str::<Value>(text) {
+    match crate::value::from_str(text) {
         Ok(Value::Object(map))
             if map.iter().all(|(k, v)| {
                 matches!(k.as_str(), "containers" | "initContainers") && v.is_array()
@@ -237,7 +237,7 @@ fn overrides(text: &str) -> Result<(), String> {
 /// The status annotation is ours; a broken one cannot say what to strip. istiod logs it and
 /// strips nothing, which then injects a second proxy next to the first; refusing is safer.
 fn status(text: &str) -> Result<(), String> {
-    match serde_json::from_str::<Value>(text) {
+    match crate::value::from_str(text) {
         Ok(Value::Object(_)) => Ok(()),
         _ => Err("this annotation is written by the injector and must be the JSON object it wrote; remove it to inject afresh".into()),
     }

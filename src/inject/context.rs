@@ -399,7 +399,7 @@ pub(crate) fn values_resources(values: &Value) -> Value {
 
 /// `{"name": {spec}}` (validated JSON) as a list of `{name, ...spec}`, sorted by name.
 fn named_entries(annotation: Option<&str>) -> Vec<Value> {
-    let Some(Value::Object(map)) = annotation.and_then(|t| serde_json::from_str(t).ok()) else {
+    let Some(Ok(Value::Object(map))) = annotation.map(crate::value::from_str) else {
         return Vec::new();
     };
     let mut names: Vec<&String> = map.keys().collect();

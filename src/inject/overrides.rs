@@ -25,7 +25,7 @@ impl Overrides {
     /// The overrides saved by an earlier injection (validated JSON).
     pub(crate) fn saved(p: &Value) -> Option<Overrides> {
         let text = pod::annotation(p, OVERRIDES)?;
-        let value: Value = serde_json::from_str(text).ok()?;
+        let value = crate::value::from_str(text).ok()?;
         let list = |k: &str| {
             value
                 .get(k)

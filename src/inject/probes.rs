@@ -330,7 +330,10 @@ fn normalize_prober(prober: &Value) -> Option<Value> {
 /// could not read it either. Returns `None` when there is nothing to carry.
 pub fn probers_env(new: Map<String, Value>, previous: Option<&str>) -> Option<String> {
     let mut merged: BTreeMap<String, Value> = new.into_iter().collect();
-    let old = previous.and_then(|text| serde_json::from_str::<Map<String, Value>>(text).ok());
+    let old = match previous.map(crate::value::from_str) {
+        Some(Ok(Value::Object(map))) => Some(map),
+        _ => None,
+    };
     for (key, value) in old.into_iter().flatten() {
         if let Some(value) = normalize_prober(&value) {
             merged.insert(key, value);

@@ -59,7 +59,7 @@ pub(crate) fn strip(p: &mut Value) -> Previous {
         ..Previous::default()
     };
     // The annotation was validated as a JSON object before we get here.
-    let status: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let status = crate::value::from_str(&text).unwrap_or(Value::Null);
     for (field, list) in [
         ("initContainers", "initContainers"),
         ("containers", "containers"),

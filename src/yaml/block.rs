@@ -227,7 +227,8 @@ fn scalar(text: &str) -> Option<Value> {
                 return None;
             }
             let mut de = serde_json::Deserializer::from_str(text);
-            let value: Value = serde::Deserialize::deserialize(&mut de).ok()?;
+            let value =
+                serde::de::DeserializeSeed::deserialize(crate::value::Exact, &mut de).ok()?;
             de.end().ok()?;
             // Numbers that are not integers are left to the full parser: YAML and JSON read
             // some of them differently (`-0` is an integer in YAML, -0.0 in serde_json).

@@ -21,14 +21,16 @@ pub struct YamlError {
 /// Parses a multi-document YAML stream. Empty documents (a lone `---`, comments only) are
 /// dropped, as kubectl does.
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, YamlError> {
-    use serde::Deserialize;
+    use serde::de::DeserializeSeed;
     let mut docs = Vec::new();
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let value = Value::deserialize(doc).map_err(|e| YamlError {
-            document: i + 1,
-            line: e.location().map(|l| l.line()),
-            message: strip_location(&e.to_string()),
-        })?;
+        let value = crate::value::Exact
+            .deserialize(doc)
+            .map_err(|e| YamlError {
+                document: i + 1,
+                line: e.location().map(|l| l.line()),
+                message: strip_location(&e.to_string()),
+            })?;
         if !value.is_null() {
             docs.push(value);
         }
@@ -38,7 +40,9 @@ pub fn parse_documents(text: &str) -> Result<Vec<Value>, YamlError> {
 
 /// Parses one YAML (or JSON) document.
 pub fn parse_one(text: &str) -> Result<Value, YamlError> {
-    serde_yaml_ng::from_str(text).map_err(|e| YamlError {
+    use serde::de::DeserializeSeed;
+    let doc = serde_yaml_ng::Deserializer::from_str(text);
+    crate::value::Exact.deserialize(doc).map_err(|e| YamlError {
         document: 1,
         line: e.location().map(|l| l.line()),
         message: strip_location(&e.to_string()),
@@ -53,7 +57,7 @@ pub fn parse_rendered(text: &str) -> Result<Value, YamlError> {
         Some(value) => {
             // Debug builds (every test run) check each fast read against the full parser.
             debug_assert!(
-                serde_yaml_ng::from_str::<Value>(text).ok().as_ref() == Some(&value),
+                parse_one(text).ok().as_ref() == Some(&value),
                 "the fast YAML reader disagrees with the full parser on:\n{text}"
             );
             Ok(value)

@@ -126,6 +126,12 @@ for body in hello large; do
     echo "   $body: request $(wc -c <"$WORK/$body.json") bytes, answer $(wc -c <"$WORK/responses/$body.json") bytes, patch of $(jq '.response.patch | @base64d | fromjson | length' "$WORK/responses/$body.json") operations"
 done
 
+# hello-distinct: the hello body with another `app` label on every request, as if every pod were
+# the first of a new workload. The template reads that label, so no earlier render is reused:
+# the injector's worst case. HTTP/1.1 only (h2load sends one fixed body); the ceiling answers it
+# with the hello answer (it reads its answers when it starts).
+cp "$WORK/responses/hello.json" "$WORK/responses/hello-distinct.json"
+
 taskset -c "$SERVER_CPU" "$HELPER" serve ceiling "127.0.0.1:$CEILING_PORT" \
     "$WORK/certs/tls.crt" "$WORK/certs/tls.key" "$WORK/responses" >"$WORK/ceiling.log" 2>&1 &
 CEILING_PID=$!
@@ -144,12 +150,6 @@ for port in "$CEILING_PORT" "$PARSE_PORT"; do
             { echo "unexpected answer of the baseline on $port for $body" >&2; exit 1; }
     done
 done
-
-# hello-distinct: the hello body with another `app` label on every request, as if every pod were
-# the first of a new workload. The template reads that label, so no earlier render is reused:
-# the injector's worst case. HTTP/1.1 only (h2load sends one fixed body); the ceiling answers it
-# with the hello answer.
-cp "$WORK/responses/hello.json" "$WORK/responses/hello-distinct.json"
 
 # ---- one run -----------------------------------------------------------------------------------
 cpu_ticks() { # pid: user + system time in clock ticks (fields 14 and 15 of /proc/PID/stat)

@@ -23,8 +23,9 @@ use super::json_view::{Read, Seen, Source, Step};
 
 /// How many renders are kept. One is a few kilobytes of reads and a few tens of kilobytes of
 /// parsed output; when the memo is full it starts over, which keeps it bounded without
-/// bookkeeping on the hot path.
-const CAPACITY: usize = 64;
+/// bookkeeping on the hot path. 16 covers as many workloads rolling out at once; 64 held
+/// about 2 MiB more under a stream of pods that are all different.
+const CAPACITY: usize = 16;
 
 /// How many shapes are kept, most recently used first. Looking a pod up hashes its context once
 /// per shape, so this bounds a lookup's cost in a cluster whose pods take many paths through the

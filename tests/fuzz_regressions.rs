@@ -179,3 +179,32 @@ fn an_object_key_is_only_a_key() {
         json!({"a": {magic: "[1, 2]"}})
     );
 }
+/// `fuzz/fuzz_targets/engine.rs`: a user-written `istio-proxy` whose ports share one
+/// `containerPort` lost fields (each duplicate was merged into the first) and came out of a
+/// second injection differently from the first. Duplicate keys now pair up in order.
+#[test]
+fn duplicate_ports_of_a_user_proxy_are_kept_as_written() {
+    let config = Config::embedded();
+    for ports in [
+        json!([{"containerPort": 7, "name": "", "protocol": "UDP"}, {"containerPort": 7, "name": "app"}]),
+        json!([{"containerPort": 7, "name": "app", "protocol": "UDP"}, {"containerPort": 7, "name": ""},
+            {"containerPort": 7, "name": "x"}]),
+    ] {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "app", "image": "app"},
+                {"name": "istio-proxy", "ports": ports.clone()}]}});
+        let first = injected(&config, &pod);
+        let proxy = first["spec"]["initContainers"]
+            .as_array()
+            .and_then(|l| l.iter().find(|c| c["name"] == "istio-proxy"))
+            .unwrap();
+        let user: Vec<&Value> = proxy["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["containerPort"] == 7)
+            .collect();
+        assert_eq!(json!(user), ports);
+        assert_eq!(injected(&config, &first), first);
+    }
+}

@@ -3,7 +3,7 @@
 //! replaced. Only the parts the fragment names are touched, so every other field of the user's
 //! pod (known to us or not) stays exactly as it was.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use serde_json::{Map, Value};
 
@@ -51,14 +51,20 @@ pub(crate) fn merge_into(target: &mut Map<String, Value>, patch: Map<String, Val
 /// Merges list items by `key`: an item whose key matches is merged in place, others are
 /// appended in the patch's order.
 fn merge_list(target: &mut Vec<Value>, patch: Vec<Value>, key: &str) {
-    let mut index: HashMap<String, usize> = HashMap::with_capacity(target.len());
+    // Entries pair up by key, and a key that occurs more than once (a user's list can hold
+    // duplicates) pairs its occurrences in order: the second of the patch with the second of
+    // the target. Merging every duplicate into the first occurrence would lose their fields.
+    let mut index: HashMap<String, VecDeque<usize>> = HashMap::with_capacity(target.len());
     for (i, item) in target.iter().enumerate() {
         if let Some(k) = item.get(key) {
-            index.entry(key_text(k)).or_insert(i);
+            index.entry(key_text(k)).or_default().push_back(i);
         }
     }
     for item in patch {
-        let found = item.get(key).and_then(|k| index.get(&key_text(k)).copied());
+        let found = item
+            .get(key)
+            .and_then(|k| index.get_mut(&key_text(k)))
+            .and_then(VecDeque::pop_front);
         match (found, item) {
             (Some(i), Value::Object(p)) => {
                 if let Value::Object(t) = &mut target[i] {
@@ -68,12 +74,7 @@ fn merge_list(target: &mut Vec<Value>, patch: Vec<Value>, key: &str) {
                 }
             }
             (Some(i), other) => target[i] = without_nulls(other),
-            (None, item) => {
-                if let Some(k) = item.get(key) {
-                    index.insert(key_text(k), target.len());
-                }
-                target.push(without_nulls(item));
-            }
+            (None, item) => target.push(without_nulls(item)),
         }
     }
 }

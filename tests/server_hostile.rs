@@ -119,20 +119,31 @@ fn decode_patch(response: &Value) -> json_patch::Patch {
     serde_json::from_slice(&bytes).unwrap()
 }
 
+/// Sends a pod CREATE within the time limit and returns the body of the answer, checked to be a
+/// 200 that echoes the review's uid.
+async fn create(server: &Running, alpn: Alpn, what: &str, pod: Value) -> Value {
+    let reply = bounded(
+        what,
+        server
+            .client(alpn)
+            .review(&review("admission.k8s.io/v1", "CREATE", "default", pod)),
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{what}: {}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let body = reply.json();
+    assert_eq!(body["response"]["uid"], UID, "{what}");
+    body
+}
+
 /// A normal pod CREATE is injected: the server is still fine after whatever came before.
 async fn still_serving(server: &Running) {
     for alpn in [Alpn::Http1, Alpn::H2] {
-        let pod = app_pod();
-        let reply = bounded(
-            "a normal review",
-            server
-                .client(alpn)
-                .review(&review("admission.k8s.io/v1", "CREATE", "default", pod)),
-        )
-        .await;
-        assert_eq!(reply.status, 200);
-        let body = reply.json();
-        assert_eq!(body["response"]["uid"], UID);
+        let body = create(server, alpn, "a normal review", app_pod()).await;
         assert_eq!(body["response"]["allowed"], true);
         assert!(!decode_patch(&body["response"]).0.is_empty());
     }
@@ -430,24 +441,7 @@ async fn a_pod_with_ten_thousand_containers_is_answered() {
         })
         .collect();
     pod["spec"]["containers"] = Value::Array(containers);
-    let reply = bounded(
-        "10,000 containers",
-        server.client(Alpn::Http1).review(&review(
-            "admission.k8s.io/v1",
-            "CREATE",
-            "default",
-            pod.clone(),
-        )),
-    )
-    .await;
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    let body = reply.json();
-    assert_eq!(body["response"]["uid"], UID);
+    let body = create(&server, Alpn::Http1, "10,000 containers", pod.clone()).await;
     assert_eq!(body["response"]["allowed"], true);
     let mut patched = pod.clone();
     json_patch::patch(&mut patched, &decode_patch(&body["response"])).unwrap();
@@ -496,19 +490,8 @@ async fn annotation_values_with_template_and_yaml_syntax_stay_text() {
             "sidecar.istio.io/proxyImage": format!("registry.example/{value}"),
             "example.com/free-text": value,
         });
-        let reply = bounded(
-            "a hostile annotation",
-            server.client(Alpn::Http1).review(&review(
-                "admission.k8s.io/v1",
-                "CREATE",
-                "default",
-                pod.clone(),
-            )),
-        )
-        .await;
-        assert_eq!(reply.status, 200, "{value:?}");
-        let body = reply.json();
-        assert_eq!(body["response"]["uid"], UID);
+        let what = format!("a hostile annotation {value:?}");
+        let body = create(&server, Alpn::Http1, &what, pod.clone()).await;
         let response = &body["response"];
         if response["allowed"] == false {
             // A refusal must say which annotation and why.

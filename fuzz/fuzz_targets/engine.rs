@@ -16,45 +16,29 @@ use serde_json::{Map, Value, json};
 use sidecar_injector::config::Config;
 use sidecar_injector::inject::{self, Outcome, Request, Workload};
 
+/// Every annotation the engine or its template reads: the validated ones and the others.
+fn annotation_names() -> &'static [&'static str] {
+    static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        inject::annotations::validated_names()
+            .chain(READ_ONLY_ANNOTATIONS.iter().copied())
+            .collect()
+    })
+}
+
 fn config() -> &'static Config {
     static CONFIG: OnceLock<Config> = OnceLock::new();
     CONFIG.get_or_init(Config::embedded)
 }
 
-/// Every annotation and label the engine or its template reads.
-const ANNOTATIONS: &[&str] = &[
+/// Annotations the engine or its template reads without validating them; the validated ones
+/// come from the engine's own table (see `annotation_names`).
+const READ_ONLY_ANNOTATIONS: &[&str] = &[
     "sidecar.istio.io/inject",
     "inject.istio.io/templates",
-    "sidecar.istio.io/status",
-    "sidecar.istio.io/interceptionMode",
-    "status.sidecar.istio.io/port",
-    "readiness.status.sidecar.istio.io/initialDelaySeconds",
-    "readiness.status.sidecar.istio.io/periodSeconds",
-    "readiness.status.sidecar.istio.io/failureThreshold",
-    "traffic.sidecar.istio.io/includeOutboundIPRanges",
-    "traffic.sidecar.istio.io/excludeOutboundIPRanges",
-    "traffic.sidecar.istio.io/includeInboundPorts",
-    "traffic.sidecar.istio.io/excludeInboundPorts",
-    "traffic.sidecar.istio.io/excludeOutboundPorts",
-    "traffic.sidecar.istio.io/includeOutboundPorts",
-    "traffic.sidecar.istio.io/excludeInterfaces",
-    "traffic.sidecar.istio.io/kubevirtInterfaces",
-    "istio.io/reroute-virtual-interfaces",
-    "prometheus.istio.io/merge-metrics",
-    "proxy.istio.io/config",
-    "proxy.istio.io/overrides",
-    "sidecar.istio.io/proxyCPU",
-    "sidecar.istio.io/proxyMemory",
-    "sidecar.istio.io/proxyCPULimit",
-    "sidecar.istio.io/proxyMemoryLimit",
     "sidecar.istio.io/proxyImage",
     "sidecar.istio.io/proxyImageType",
-    "sidecar.istio.io/nativeSidecar",
-    "sidecar.istio.io/userVolume",
-    "sidecar.istio.io/userVolumeMount",
     "sidecar.istio.io/rewriteAppHTTPProbers",
-    "sidecar.istio.io/drainUntilUnready",
-    "sidecar.istio.io/drainTimeoutSeconds",
     "sidecar.istio.io/agentLogLevel",
     "sidecar.istio.io/logLevel",
     "sidecar.istio.io/componentLogLevel",
@@ -69,6 +53,7 @@ const ANNOTATIONS: &[&str] = &[
     "networking.istio.io/tunnel",
 ];
 
+/// Every label the engine or its template reads.
 const LABELS: &[&str] = &[
     "sidecar.istio.io/inject",
     "app",
@@ -462,6 +447,7 @@ fn pod(input: &Input) -> Value {
         metadata.insert("generateName".into(), Value::String(name.get()));
     }
     let pick = |list: &[&str], i: u8| list[usize::from(i) % list.len()].to_owned();
+    let annotations = annotation_names();
     if !input.labels.is_empty() {
         let labels = input
             .labels
@@ -474,7 +460,7 @@ fn pod(input: &Input) -> Value {
         let annotations = input
             .annotations
             .iter()
-            .map(|(k, v)| (pick(ANNOTATIONS, *k), Value::String(v.get())))
+            .map(|(k, v)| (pick(annotations, *k), Value::String(v.get())))
             .collect();
         metadata.insert("annotations".into(), Value::Object(annotations));
     }

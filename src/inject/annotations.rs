@@ -57,6 +57,11 @@ const CHECKS: &[(&str, Check)] = &[
     (DRAIN_TIMEOUT, drain_timeout),
 ];
 
+/// The annotations `validate` checks, in the table's order.
+pub fn validated_names() -> impl Iterator<Item = &'static str> {
+    CHECKS.iter().map(|(name, _)| *name)
+}
+
 /// Every problem with the pod's annotations, in the table's order.
 pub fn validate(annotations: Option<&Map<String, Value>>) -> Vec<Problem> {
     let Some(annotations) = annotations else {

@@ -52,14 +52,6 @@ impl Context {
         self.reads.take()
     }
 
-    /// Whether a read at `path` of `source` in this context sees what `seen` says.
-    pub(crate) fn answers_alike(&self, source: Source, path: &[Step], seen: &Seen) -> bool {
-        match self.node(source, path) {
-            None => *seen == Seen::Config,
-            Some(node) => seen.holds(node),
-        }
-    }
-
     /// The node a read at `path` reaches: `None` for a name the configuration answers, else
     /// the node, if there is one.
     pub(crate) fn node(&self, source: Source, path: &[Step]) -> Option<Option<&Value>> {

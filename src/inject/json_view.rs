@@ -51,6 +51,15 @@ pub(crate) enum Seen {
 }
 
 impl Seen {
+    /// Whether a read answered this way (`None`: by the configuration; else the node reached,
+    /// if any; see `Context::node`) teaches a template exactly this.
+    pub(crate) fn answered_by(&self, answer: Option<Option<&Value>>) -> bool {
+        match answer {
+            None => *self == Seen::Config,
+            Some(node) => self.holds(node),
+        }
+    }
+
     /// Whether reading `node` (the same way) teaches a template exactly this.
     pub(crate) fn holds(&self, node: Option<&Value>) -> bool {
         match (self, node) {

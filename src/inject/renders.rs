@@ -55,13 +55,14 @@ struct Shape {
 impl Shape {
     /// The render of this shape that `ctx` answers alike, if one is kept.
     fn find(&self, ctx: &Context) -> Option<&Arc<Entry>> {
-        let entry = self.renders.get(&fingerprint(ctx, &self.places))?;
+        let answers = answers(ctx, &self.places);
+        let entry = self.renders.get(&fingerprint(&self.places, &answers))?;
         // The hash only narrows the search: every read is checked.
-        let alike = self
-            .places
+        let alike = entry
+            .seen
             .iter()
-            .zip(&entry.seen)
-            .all(|((source, path, _), seen)| ctx.answers_alike(*source, path, seen));
+            .zip(&answers)
+            .all(|(seen, answer)| seen.answered_by(*answer));
         alike.then_some(entry)
     }
 }
@@ -119,7 +120,7 @@ impl RenderMemo {
         seen: Vec<Seen>,
         fragment: &Map<String, Value>,
     ) {
-        let hash = fingerprint(ctx, &places);
+        let hash = fingerprint(&places, &answers(ctx, &places));
         let entry = Arc::new(Entry {
             seen,
             fragment: fragment.clone(),
@@ -165,11 +166,20 @@ fn is_listing(seen: &Seen) -> bool {
     matches!(seen, Seen::Keys(_) | Seen::Len(_))
 }
 
-/// A hash of what `ctx` answers at these places; equal answers give equal hashes.
-fn fingerprint(ctx: &Context, places: &[Place]) -> u64 {
+/// What `ctx` answers at each place (see `Context::node`), found once for both the hash and
+/// the check.
+fn answers<'a>(ctx: &'a Context, places: &[Place]) -> Vec<Option<Option<&'a Value>>> {
+    places
+        .iter()
+        .map(|(source, path, _)| ctx.node(*source, path))
+        .collect()
+}
+
+/// A hash of the answers at these places; equal answers give equal hashes.
+fn fingerprint(places: &[Place], answers: &[Option<Option<&Value>>]) -> u64 {
     let mut h = DefaultHasher::new();
-    for (source, path, listing) in places {
-        match ctx.node(*source, path) {
+    for ((_, _, listing), answer) in places.iter().zip(answers) {
+        match answer {
             None => h.write_u8(0),
             Some(None) => h.write_u8(1),
             Some(Some(Value::Object(m))) if *listing => {

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 use sidecar_injector::config::Config;
-use sidecar_injector::inject::{self, Outcome, Request, quantity};
+use sidecar_injector::inject::{self, Outcome, Request, SkipReason, quantity};
 use sidecar_injector::yaml;
 
 /// `fuzz/fuzz_targets/annotations.rs`: the canonical form of a quantity is its own canonical
@@ -121,8 +121,8 @@ fn floats_in_saved_user_containers_read_back_exactly() {
     let config = Config::embedded();
     // Built in Rust, not read from text, so the float is exactly the one the fuzzer found.
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-        "spec": {"containers": [{"name": "app", "image": "app"},
-            {"name": "istio-init", "futureField": 9.198_262_618_227_505e-121_f64}]}});
+        "spec": {"containers": [{"name": "app", "image": "app"}],
+            "initContainers": [{"name": "istio-init", "futureField": 9.198_262_618_227_505e-121_f64}]}});
     let first = injected(&config, &pod);
     let init = first["spec"]["initContainers"]
         .as_array()
@@ -130,7 +130,13 @@ fn floats_in_saved_user_containers_read_back_exactly() {
         .unwrap();
     assert_eq!(
         init["futureField"],
-        pod["spec"]["containers"][1]["futureField"]
+        pod["spec"]["initContainers"][0]["futureField"]
+    );
+    // The second injection reads the user's container back from the saved text.
+    assert!(
+        first["metadata"]["annotations"]["proxy.istio.io/overrides"]
+            .as_str()
+            .is_some_and(|saved| saved.contains("futureField"))
     );
     assert_eq!(injected(&config, &first), first);
 }
@@ -207,4 +213,75 @@ fn duplicate_ports_of_a_user_proxy_are_kept_as_written() {
         assert_eq!(json!(user), ports);
         assert_eq!(injected(&config, &first), first);
     }
+}
+
+/// `fuzz/fuzz_targets/engine.rs`: a pod with two containers named `istio-proxy`, injected with
+/// native sidecars, gained a third on the second injection (merging by name cannot tell which
+/// of two same-named containers a rendered one belongs to). The API server rejects repeated
+/// container names, so such a pod is now passed through unchanged, with the name in the reason.
+#[test]
+fn repeated_container_names_are_passed_through_unchanged() {
+    let config = Config::embedded();
+    for (init, containers, name) in [
+        (
+            json!([]),
+            json!([{"name": "app"}, {"name": "istio-proxy", "image": ""}, {"name": "istio-proxy", "image": ""}]),
+            "istio-proxy",
+        ),
+        (
+            json!([{"name": "app"}]),
+            json!([{"name": "app", "image": "app"}]),
+            "app",
+        ),
+    ] {
+        let pod = json!({"metadata": {"name": "p"},
+            "spec": {"initContainers": init, "containers": containers}});
+        let request = Request {
+            pod: &pod,
+            namespace: None,
+            workload: None,
+            native_sidecars: true,
+        };
+        match inject::inject(&config, &request) {
+            Ok(Outcome::Skipped(SkipReason::RepeatedContainerName(repeated))) => {
+                assert_eq!(repeated, name)
+            }
+            other => panic!("expected a skip, got {other:?}"),
+        }
+    }
+}
+
+/// A pod's own `istio-init` in `containers` meets the rendered one in `initContainers`: the
+/// injected pod repeats a name, which the API server will reject, so the answer says why.
+#[test]
+fn a_pod_container_named_like_an_injected_one_is_warned_about() {
+    let config = Config::embedded();
+    let pod = json!({"metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "app", "image": "app"}, {"name": "istio-init", "image": "x"}]}});
+    let request = Request {
+        pod: &pod,
+        namespace: None,
+        workload: None,
+        native_sidecars: false,
+    };
+    let Ok(Outcome::Injected(outcome)) = inject::inject(&config, &request) else {
+        panic!("expected an injection");
+    };
+    assert!(
+        outcome
+            .warnings
+            .iter()
+            .any(|w| w.contains("\"istio-init\"") && w.contains("rename")),
+        "{:?}",
+        outcome.warnings
+    );
+    // Injecting the result again leaves it as it is.
+    let again = Request {
+        pod: &outcome.pod,
+        ..request
+    };
+    assert!(matches!(
+        inject::inject(&config, &again),
+        Ok(Outcome::Skipped(SkipReason::RepeatedContainerName(_)))
+    ));
 }

@@ -284,6 +284,13 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
     {
         warnings.push(jobs::job_warning(owner));
     }
+    // The pod came in without repeats (see `policy::skip_reason`), so a repeat now is one of the
+    // pod's containers in the other list from a rendered one of the same name.
+    if let Some(name) = pod::repeated_container_name(&p) {
+        warnings.push(format!(
+            "the pod's container {name:?} has the name of a container the injection adds to the other container list; the API server rejects a pod whose container names repeat: rename the pod's container"
+        ));
+    }
     Ok(Outcome::Injected(Injected { pod: p, warnings }))
 }
 

@@ -39,6 +39,10 @@ pub enum SkipReason {
     NeverInjectSelector,
     /// `policy: disabled` and nothing asked for injection explicitly.
     PolicyDisabled,
+    /// Two containers (init or not) share this name. The API server rejects such a pod, and
+    /// merging by name cannot tell which one a rendered container belongs to, so the pod is left
+    /// as it came for the API server's own validation to explain.
+    RepeatedContainerName(String),
 }
 
 impl SkipReason {
@@ -51,6 +55,7 @@ impl SkipReason {
             SkipReason::DisabledByAnnotation => "disabled_by_annotation",
             SkipReason::NeverInjectSelector => "never_inject_selector",
             SkipReason::PolicyDisabled => "policy_disabled",
+            SkipReason::RepeatedContainerName(_) => "repeated_container_name",
         }
     }
 }
@@ -73,6 +78,10 @@ impl fmt::Display for SkipReason {
             }
             SkipReason::PolicyDisabled => f.write_str(
                 "the injection policy is disabled and the pod does not ask for injection",
+            ),
+            SkipReason::RepeatedContainerName(name) => write!(
+                f,
+                "the container name {name:?} is used twice (containers and initContainers share one set of names), which the API server rejects"
             ),
         }
     }

@@ -44,6 +44,16 @@ pub(crate) fn list<'a>(pod: &'a Value, field: &str) -> &'a [Value] {
         .unwrap_or(&[])
 }
 
+/// The first container name that appears twice across `initContainers` and `containers`.
+pub(crate) fn repeated_container_name(pod: &Value) -> Option<&str> {
+    let mut seen = std::collections::HashSet::new();
+    CONTAINER_LISTS
+        .iter()
+        .flat_map(|field| list(pod, field))
+        .filter_map(name_of)
+        .find(|name| !seen.insert(*name))
+}
+
 /// The `name` of a list item.
 pub(crate) fn name_of(item: &Value) -> Option<&str> {
     item.get("name")?.as_str()

@@ -22,6 +22,9 @@ pub(crate) fn skip_reason(
     pod: &Value,
     namespace: &str,
 ) -> Option<SkipReason> {
+    if let Some(name) = pod::repeated_container_name(pod) {
+        return Some(SkipReason::RepeatedContainerName(name.to_string()));
+    }
     if pod::spec(pod)
         .and_then(|s| s.get("hostNetwork"))
         .and_then(Value::as_bool)
@@ -96,6 +99,24 @@ mod tests {
     fn pod(labels: Value, annotations: Value, host_network: bool) -> Value {
         json!({"metadata": {"labels": labels, "annotations": annotations},
                "spec": {"hostNetwork": host_network, "containers": []}})
+    }
+
+    #[test]
+    fn repeated_container_names_skip_before_anything_else() {
+        let enabled = injection("");
+        let mut p = pod(json!({INJECT: "true"}), json!({}), true);
+        p["spec"]["initContainers"] = json!([{"name": "setup"}, {"name": "istio-proxy"}]);
+        p["spec"]["containers"] = json!([{"name": "app"}, {"name": "istio-proxy"}]);
+        assert_eq!(
+            skip_reason(&enabled, &p, "default"),
+            Some(SkipReason::RepeatedContainerName("istio-proxy".into()))
+        );
+        // Unnamed containers and distinct names are not repeats.
+        p["spec"]["initContainers"] = json!([{"image": "a"}, {"image": "b"}]);
+        assert_eq!(
+            skip_reason(&enabled, &p, "default"),
+            Some(SkipReason::HostNetwork)
+        );
     }
 
     #[test]

@@ -184,6 +184,7 @@ fn large_pod() -> Result<Value, BoxError> {
     Ok(pod)
 }
 
+// scripts/bench-load.sh rewrites this name and the last 12 digits of the uid below in every request.
 const TOKEN_VOLUME: &str = "kube-api-access-x7k2p";
 
 fn container_defaults(container: &mut Value) {

@@ -126,10 +126,12 @@ for body in hello large; do
     echo "   $body: request $(wc -c <"$WORK/$body.json") bytes, answer $(wc -c <"$WORK/responses/$body.json") bytes, patch of $(jq '.response.patch | @base64d | fromjson | length' "$WORK/responses/$body.json") operations"
 done
 
+# Over HTTP/1.1 every request is a new replica (its own uid and token volume name, see post.lua);
+# h2load sends one fixed body, that is the same review again and again.
 # hello-distinct: the hello body with another `app` label on every request, as if every pod were
-# the first of a new workload. The template reads that label, so no earlier render is reused:
-# the injector's worst case. HTTP/1.1 only (h2load sends one fixed body); the ceiling answers it
-# with the hello answer (it reads its answers when it starts).
+# the first of a new workload. The template reads that label, so no earlier render or answer is
+# reused: the injector's worst case. HTTP/1.1 only; the ceiling answers it with the hello answer
+# (it reads its answers when it starts).
 cp "$WORK/responses/hello.json" "$WORK/responses/hello-distinct.json"
 
 taskset -c "$SERVER_CPU" "$HELPER" serve ceiling "127.0.0.1:$CEILING_PORT" \
@@ -163,12 +165,28 @@ wrk.headers["Content-Type"] = "application/json"
 local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
 wrk.body = f:read("*a")
 f:close()
--- Only defined for hello-distinct: without it wrk sends one prepared request over and over.
-if os.getenv("BENCH_DISTINCT") == "1" then
+-- Every request is a new pod, as the API server sends them: its own review uid and its own
+-- service-account token volume name (kube-api-access- and five characters of the alphabet the
+-- API server draws from, everywhere the body names it). BENCH_VARY=workload also gives every pod
+-- another `app` label, as if each were the first pod of a new workload. Without request(), wrk
+-- would send one prepared request over and over.
+local vary = os.getenv("BENCH_VARY")
+if vary == "replica" or vary == "workload" then
+    local alphabet = "bcdfghjklmnpqrstvwxz2456789"
     local sent = 0
     function request()
         sent = sent + 1
-        local body = wrk.body:gsub('"app":"hello"', '"app":"hello-' .. sent .. '"', 1)
+        local n, suffix = sent, ""
+        for _ = 1, 5 do
+            local d = n % 27
+            suffix = suffix .. alphabet:sub(d + 1, d + 1)
+            n = math.floor(n / 27)
+        end
+        local body = wrk.body:gsub("kube%-api%-access%-x7k2p", "kube-api-access-" .. suffix)
+        body = body:gsub("42010a800002", string.format("%012x", sent), 1)
+        if vary == "workload" then
+            body = body:gsub('"app":"hello"', '"app":"hello-' .. sent .. '"', 1)
+        end
         return wrk.format(nil, nil, nil, body)
     end
 end
@@ -189,9 +207,9 @@ run() {
     if [ "$proto" = h1 ]; then
         local line
         local out
-        local file=$body distinct=0
-        [ "$body" = hello-distinct ] && file=hello distinct=1
-        out=$(BENCH_BODY="$WORK/$file.json" BENCH_DISTINCT=$distinct client taskset -c "$CLIENT_CPU" \
+        local file=$body vary=replica
+        [ "$body" = hello-distinct ] && file=hello vary=workload
+        out=$(BENCH_BODY="$WORK/$file.json" BENCH_VARY=$vary client taskset -c "$CLIENT_CPU" \
             wrk -t1 -c"$conc" -d"${DURATION}s" --timeout 5s -s "$WORK/post.lua" "$url")
         read -r _ requests seconds p50 p99 errors <<<"$(grep '^RESULT' <<<"$out")"
         seconds=$(awk -v us="$seconds" 'BEGIN { print us / 1e6 }')

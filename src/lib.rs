@@ -13,6 +13,7 @@ pub mod config;
 pub mod inject;
 pub mod manifest;
 pub mod metrics;
+pub mod replicas;
 pub mod server;
 pub mod value;
 pub mod yaml;

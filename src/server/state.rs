@@ -11,6 +11,7 @@ use super::tls::{CertResolver, Reload, TlsError};
 use crate::cluster::Kubelets;
 use crate::config::{Config, NativeMode};
 use crate::metrics::Metrics;
+use crate::replicas::ReplicaMemo;
 
 /// Limits applied to each webhook request.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +39,8 @@ pub struct Shared {
     /// reports (or without cluster access) no node is known, which means off.
     kubelets: ArcSwap<Kubelets>,
     pub limits: Limits,
+    /// Answers replayed for the replicas of a workload (see `replicas`).
+    pub replicas: ReplicaMemo,
 }
 
 impl Shared {
@@ -58,6 +61,7 @@ impl Shared {
             serving: AtomicBool::new(false),
             native_override,
             kubelets: ArcSwap::from_pointee(Kubelets::default()),
+            replicas: ReplicaMemo::default(),
             limits,
         }
     }

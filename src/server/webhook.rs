@@ -96,7 +96,6 @@ async fn answer(shared: &Shared, headers: &HeaderMap, body: Body) -> Answered {
         Ok(review) => review,
         Err(err) => return refuse(StatusCode::BAD_REQUEST, err.to_string()),
     };
-    drop(body);
     let span = tracing::Span::current();
     span.record("uid", review.uid.as_str());
     span.record("namespace", review.namespace.as_deref().unwrap_or_default());
@@ -111,7 +110,11 @@ async fn answer(shared: &Shared, headers: &HeaderMap, body: Body) -> Answered {
         .and_then(Value::as_str)
         .filter(|node| !node.is_empty());
     let native = shared.native_sidecars(&config, node);
-    match admission::decide(&config, &review, native) {
+    let decided = shared.replicas.decide(&config, &body, &review, native, || {
+        admission::decide(&config, &review, native)
+    });
+    drop(body);
+    match decided {
         Ok(decision) => {
             if let Decision::Patch {
                 warnings, findings, ..

@@ -53,6 +53,8 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Counter,
     pub success: Counter,
+    /// Injected pods answered with an earlier replica's answer (see `replicas`).
+    pub replayed: Counter,
     pub skip: Family<ReasonLabels, Counter>,
     pub failure: Family<ReasonLabels, Counter>,
     pub time_seconds: Histogram,
@@ -86,6 +88,12 @@ impl Metrics {
             "sidecar_injection_success",
             "Pods injected (answered with a patch)",
             success.clone(),
+        );
+        let replayed = Counter::default();
+        registry.register(
+            "sidecar_injection_replayed",
+            "Pods injected with the answer to an earlier replica of their workload, renamed",
+            replayed.clone(),
         );
         let skip = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -142,6 +150,7 @@ impl Metrics {
             registry,
             requests,
             success,
+            replayed,
             skip,
             failure,
             time_seconds,

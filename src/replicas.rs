@@ -31,6 +31,7 @@ use std::hash::{DefaultHasher, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 
 use memchr::memmem;
+use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 
 use crate::admission::{AdmitError, Decision, Review};
@@ -50,6 +51,8 @@ const TOKEN_VOLUME_PREFIX: &str = "kube-api-access-";
 #[derive(Debug, Default)]
 pub struct ReplicaMemo {
     state: Mutex<State>,
+    /// Counts the answers replayed.
+    replayed: Counter,
 }
 
 #[derive(Debug, Default)]
@@ -154,6 +157,14 @@ enum Found {
 }
 
 impl ReplicaMemo {
+    /// A memo that counts its replays in `replayed`.
+    pub fn new(replayed: Counter) -> ReplicaMemo {
+        ReplicaMemo {
+            state: Mutex::default(),
+            replayed,
+        }
+    }
+
     /// The answer to `review` (whose request body is `body`): replayed from a replica of it when
     /// one was answered with this config and mode, else `decide()`.
     pub fn decide(
@@ -182,6 +193,7 @@ impl ReplicaMemo {
                         "a replayed replica answer differs from the full answer"
                     );
                 }
+                self.replayed.inc();
                 Ok(replayed)
             }
             Found::Candidate(answer) => {

@@ -200,3 +200,54 @@ async fn auto_follows_the_kubelet_versions_of_the_nodes() {
     let response = create(&server, on_old.clone()).await;
     assert_eq!(proxy_list(&on_old, &response), "containers");
 }
+
+/// Replicas of a workload, as the API server sends them (each its own review uid and token
+/// volume name), get the same injection under their own names, whether an answer is computed
+/// (the first two) or replayed (the rest; debug builds also compute those and compare).
+#[tokio::test]
+async fn replicas_get_the_same_injection_under_their_own_names() {
+    let server = Running::start(|_| {}).await;
+    let client = server.client(Alpn::Http1);
+    let tokens = [
+        "kube-api-access-x7k2p",
+        "kube-api-access-b2d4q",
+        "kube-api-access-9zz5m",
+        "kube-api-access-hh42w",
+    ];
+    let mut injected = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let mut pod = app_pod();
+        let mount = json!([{"name": token, "readOnly": true,
+            "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]);
+        pod["spec"]["containers"][0]["volumeMounts"] = mount.clone();
+        // A user-written istio-proxy is saved in an annotation, so the name is in the patch too.
+        pod["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "istio-proxy", "volumeMounts": mount}));
+        pod["spec"]["volumes"] = json!([{"name": token, "projected": {"sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}]}}]);
+        let uid = format!("0df28fbd-5f5f-11e8-bc74-42010a80000{i}");
+        let mut review = review("admission.k8s.io/v1", "CREATE", "default", pod.clone());
+        review["request"]["uid"] = json!(uid);
+        let reply = client.review(&review).await;
+        assert_eq!(reply.status, 200);
+        let response = reply.json()["response"].clone();
+        assert_eq!(response["uid"], json!(uid));
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(response["patch"].as_str().expect("a patch"))
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+        json_patch::patch(&mut pod, &patch).unwrap();
+        let text = pod.to_string();
+        for (j, other) in tokens.iter().enumerate() {
+            assert_eq!(text.contains(other), i == j, "replica {i} names token {j}");
+        }
+        injected.push(text.replace(token, "TOKEN"));
+    }
+    assert!(injected.iter().all(|p| *p == injected[0]));
+    assert!(injected[0].contains("istio-proxy") && injected[0].contains("TOKEN"));
+    assert_eq!(server.shared.replicas.len(), 1);
+    // The first two were answered in full (the second to check the replay), the others replayed.
+    assert_eq!(server.shared.metrics.replayed.get(), 2);
+}

@@ -55,13 +55,13 @@ impl Shared {
             metrics.set_cert_not_after(not_after);
         }
         Shared {
+            replicas: ReplicaMemo::new(metrics.replayed.clone()),
             config: ArcSwap::from_pointee(config),
             certs,
             metrics,
             serving: AtomicBool::new(false),
             native_override,
             kubelets: ArcSwap::from_pointee(Kubelets::default()),
-            replicas: ReplicaMemo::default(),
             limits,
         }
     }

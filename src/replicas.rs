@@ -72,8 +72,8 @@ struct Entry {
     native: bool,
     shape: Box<[u8]>,
     /// The volatile names of the review that was answered, in the order of [`volatile_names`].
-    names: Vec<String>,
-    answer: Answer,
+    names: Arc<[String]>,
+    answer: Arc<Answer>,
     trust: Trust,
 }
 
@@ -145,12 +145,12 @@ impl Answer {
     }
 }
 
-/// What a lookup found for a review.
+/// What a lookup found for a review: an answer with the names it was given for.
 enum Found {
-    /// A verified answer, renamed for this review.
-    Replay(Answer),
-    /// An unverified answer, renamed for this review: answer in full and compare.
-    Candidate(Answer),
+    /// A verified answer: rename it for this review.
+    Replay(Arc<Answer>, Arc<[String]>),
+    /// An unverified answer: answer in full and compare with it, renamed.
+    Candidate(Arc<Answer>, Arc<[String]>),
     /// A shape whose replay was refuted: answer in full.
     Refuted,
     Nothing,
@@ -183,8 +183,8 @@ impl ReplicaMemo {
         };
         let hash = hash_of(&shape);
         match self.find(config, hash, native, &shape, &names) {
-            Found::Replay(answer) => {
-                let replayed = answer.into_decision();
+            Found::Replay(answer, from) => {
+                let replayed = answer.renamed(&from, &names).into_decision();
                 if cfg!(debug_assertions) {
                     let fresh = decide();
                     assert_eq!(
@@ -196,9 +196,9 @@ impl ReplicaMemo {
                 self.replayed.inc();
                 Ok(replayed)
             }
-            Found::Candidate(answer) => {
+            Found::Candidate(answer, from) => {
                 let decision = decide()?;
-                let agrees = Answer::of(&decision).as_ref() == Some(&answer);
+                let agrees = Answer::of(&decision) == Some(answer.renamed(&from, &names));
                 self.settle(config, hash, native, &shape, agrees);
                 Ok(decision)
             }
@@ -251,9 +251,17 @@ impl ReplicaMemo {
             return Found::Nothing;
         };
         let entry = state.entries.remove(at);
+        // Renamed by the caller, after the lock is released.
+        let shared = || (Arc::clone(&entry.answer), Arc::clone(&entry.names));
         let found = match entry.trust {
-            Trust::Verified => Found::Replay(entry.answer.renamed(&entry.names, names)),
-            Trust::Unverified => Found::Candidate(entry.answer.renamed(&entry.names, names)),
+            Trust::Verified => {
+                let (answer, names) = shared();
+                Found::Replay(answer, names)
+            }
+            Trust::Unverified => {
+                let (answer, names) = shared();
+                Found::Candidate(answer, names)
+            }
             Trust::Refuted => Found::Refuted,
         };
         state.entries.insert(0, entry);
@@ -326,7 +334,7 @@ impl ReplicaMemo {
                 native,
                 shape,
                 names: names.iter().map(|n| (*n).to_owned()).collect(),
-                answer,
+                answer: Arc::new(answer),
                 trust: Trust::Unverified,
             },
         );

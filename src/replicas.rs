@@ -213,6 +213,11 @@ impl ReplicaMemo {
         }
     }
 
+    /// Answers replayed so far (also counted in the metric the memo was made with).
+    pub fn replayed(&self) -> u64 {
+        self.replayed.get()
+    }
+
     /// Shapes remembered now (for tests and metrics).
     pub fn len(&self) -> usize {
         self.lock().entries.len()

@@ -136,16 +136,127 @@ impl Review {
 
     /// The pod's name for logs: `request.name`, else `metadata.name`, else `generateName`.
     pub fn display_name(&self) -> String {
-        if let Some(name) = &self.name {
-            return name.clone();
-        }
         let meta = self.object.as_ref().and_then(|o| o.get("metadata"));
         let field = |key: &str| meta.and_then(|m| m.get(key)).and_then(Value::as_str);
-        match (field("name"), field("generateName")) {
-            (Some(name), _) if !name.is_empty() => name.to_owned(),
-            (_, Some(prefix)) => format!("{prefix}*"),
-            _ => String::new(),
+        display_name(self.name.as_deref(), field("name"), field("generateName"))
+    }
+}
+
+/// The parts of a pod CREATE review that the server needs without the pod itself: who to answer
+/// (`uid`, `apiVersion`), what to log, the node (for the native-sidecar mode) and the token
+/// volume's name (what replicas differ in, see `replicas`). Read without building the pod as a
+/// value; a replayed answer needs nothing more.
+///
+/// This is a shortcut, never the authority: `None` for anything that is not a plain pod CREATE
+/// or that reads unusually (a field of another type, a key twice in a place it reads), and the
+/// full [`Review::from_slice`] then reads the body and gives any error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub api_version: ApiVersion,
+    pub uid: String,
+    pub namespace: Option<String>,
+    pub dry_run: bool,
+    /// As [`Review::display_name`].
+    pub display_name: String,
+    /// `spec.nodeName`, when set and not empty.
+    pub node_name: Option<String>,
+    /// The first volume whose name starts with `kube-api-access-`.
+    pub token_volume: Option<String>,
+}
+
+impl Head {
+    pub fn from_slice(body: &[u8]) -> Option<Head> {
+        #[derive(serde::Deserialize)]
+        struct Envelope {
+            #[serde(rename = "apiVersion")]
+            api_version: String,
+            kind: String,
+            request: Request,
         }
+        #[derive(serde::Deserialize)]
+        struct Request {
+            uid: String,
+            kind: Kind,
+            operation: String,
+            namespace: Option<String>,
+            name: Option<String>,
+            #[serde(rename = "dryRun")]
+            dry_run: Option<bool>,
+            object: Object,
+        }
+        #[derive(serde::Deserialize)]
+        struct Kind {
+            #[serde(default)]
+            group: Option<String>,
+            kind: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Object {
+            metadata: Option<Metadata>,
+            spec: Option<Spec>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Metadata {
+            name: Option<String>,
+            #[serde(rename = "generateName")]
+            generate_name: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Spec {
+            #[serde(rename = "nodeName")]
+            node_name: Option<String>,
+            volumes: Option<Vec<Volume>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Volume {
+            name: Option<String>,
+        }
+
+        let envelope: Envelope = serde_json::from_slice(body).ok()?;
+        let request = envelope.request;
+        let plain_pod_create = envelope.kind == "AdmissionReview"
+            && request.kind.group.as_deref().unwrap_or_default().is_empty()
+            && request.kind.kind == "Pod"
+            && request.operation == "CREATE"
+            && !request.uid.is_empty();
+        if !plain_pod_create {
+            return None;
+        }
+        let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
+        let metadata = request.object.metadata;
+        let spec = request.object.spec;
+        let name = non_empty(request.name);
+        let display_name = display_name(
+            name.as_deref(),
+            metadata.as_ref().and_then(|m| m.name.as_deref()),
+            metadata.as_ref().and_then(|m| m.generate_name.as_deref()),
+        );
+        Some(Head {
+            api_version: ApiVersion::parse(&envelope.api_version)?,
+            uid: request.uid,
+            namespace: non_empty(request.namespace),
+            dry_run: request.dry_run.unwrap_or(false),
+            display_name,
+            node_name: non_empty(spec.as_ref().and_then(|s| s.node_name.clone())),
+            token_volume: spec
+                .and_then(|s| s.volumes)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.name)
+                .find(|n| n.starts_with(crate::replicas::TOKEN_VOLUME_PREFIX)),
+        })
+    }
+}
+
+/// The pod's name for logs: `request.name`, else `metadata.name`, else `generateName*`.
+fn display_name(request: Option<&str>, name: Option<&str>, generate: Option<&str>) -> String {
+    if let Some(name) = request {
+        return name.to_owned();
+    }
+    match (name, generate) {
+        (Some(name), _) if !name.is_empty() => name.to_owned(),
+        (_, Some(prefix)) => format!("{prefix}*"),
+        _ => String::new(),
     }
 }
 
@@ -331,16 +442,16 @@ fn findings(
 ///
 /// Written straight to bytes: the patch is most of an answer, and building it as a JSON value
 /// first would copy it, then scan its base64 text for characters to escape (there are none).
-pub fn response(review: &Review, decision: &Decision) -> Vec<u8> {
+pub fn response(api_version: ApiVersion, uid: &str, decision: &Decision) -> Vec<u8> {
     let patch_len = match decision {
         Decision::Patch { patch, .. } => patch.len(),
         _ => 0,
     };
     let mut out = Vec::with_capacity(patch_len / 3 * 4 + 512);
     out.extend_from_slice(b"{\"apiVersion\":");
-    json(&mut out, review.api_version.as_str());
+    json(&mut out, api_version.as_str());
     out.extend_from_slice(b",\"kind\":\"AdmissionReview\",\"response\":{\"uid\":");
-    json(&mut out, &review.uid);
+    json(&mut out, uid);
     let mut audit = Map::new();
     audit.insert("outcome".into(), Value::String(decision.outcome().into()));
     match decision {
@@ -437,6 +548,51 @@ mod tests {
         .unwrap()
     }
 
+    /// Where the head reads, the full review reads the same; anything unusual has no head.
+    #[test]
+    fn the_head_agrees_with_the_review_or_is_absent() {
+        let with_volumes = |volumes: Value, node: Value| {
+            let mut p = pod();
+            p["spec"]["volumes"] = volumes;
+            p["spec"]["nodeName"] = node;
+            p
+        };
+        let token = json!([{"name": "data"}, {"name": "kube-api-access-x7k2p", "projected": {}}]);
+        for (body, has_head) in [
+            (review_json("admission.k8s.io/v1", pod()), true),
+            (review_json("admission.k8s.io/v1beta1", pod()), true),
+            (review_json("admission.k8s.io/v1", with_volumes(token.clone(), json!("node-1"))), true),
+            (review_json("admission.k8s.io/v1", with_volumes(token, json!(""))), true),
+            // Not a plain pod CREATE, or read unusually: the full review decides.
+            (review_json("admission.k8s.io/v2", pod()), false),
+            (review_json("admission.k8s.io/v1", Value::Null), false),
+            (review_json("admission.k8s.io/v1", json!("a pod")), false),
+            (review_json("admission.k8s.io/v1", with_volumes(json!({"a": 1}), Value::Null)), false),
+            (review_json("admission.k8s.io/v1", with_volumes(json!([{"name": 7}]), Value::Null)), false),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"kind":"Pod"},"operation":"CREATE","object":{"spec":{"volumes":[],"volumes":[]}}}}"#.to_vec(), false),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"kind":"Pod"},"operation":"UPDATE","object":{}}}"#.to_vec(), false),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"","kind":{"kind":"Pod"},"operation":"CREATE","object":{}}}"#.to_vec(), false),
+            (b"{\"apiVersion\":".to_vec(), false),
+        ] {
+            let head = Head::from_slice(&body);
+            assert_eq!(head.is_some(), has_head, "{}", String::from_utf8_lossy(&body));
+            let Some(head) = head else { continue };
+            let review = Review::from_slice(&body).unwrap();
+            let node = review.object.as_ref().and_then(|o| o.pointer("/spec/nodeName"));
+            assert_eq!(head.api_version, review.api_version);
+            assert_eq!(head.uid, review.uid);
+            assert_eq!(head.namespace, review.namespace);
+            assert_eq!(head.dry_run, review.dry_run);
+            assert_eq!(head.display_name, review.display_name());
+            assert_eq!(
+                head.node_name.as_deref(),
+                node.and_then(Value::as_str).filter(|n| !n.is_empty())
+            );
+            let token = review.object.as_ref().and_then(|o| o.pointer("/spec/volumes/1/name"));
+            assert_eq!(head.token_volume.as_deref(), token.and_then(Value::as_str));
+        }
+    }
+
     fn pod() -> Value {
         json!({
             "apiVersion": "v1",
@@ -465,8 +621,12 @@ mod tests {
     fn decodes_v1beta1_and_echoes_it() {
         let review = Review::from_slice(&review_json("admission.k8s.io/v1beta1", pod())).unwrap();
         assert_eq!(review.api_version, ApiVersion::V1Beta1);
-        let out: Value =
-            serde_json::from_slice(&response(&review, &Decision::Pass(Pass::NoObject))).unwrap();
+        let out: Value = serde_json::from_slice(&response(
+            review.api_version,
+            &review.uid,
+            &Decision::Pass(Pass::NoObject),
+        ))
+        .unwrap();
         assert_eq!(out["apiVersion"], "admission.k8s.io/v1beta1");
         assert_eq!(out["kind"], "AdmissionReview");
         assert_eq!(out["response"]["uid"], review.uid.as_str());
@@ -541,7 +701,8 @@ mod tests {
             warnings: injected.warnings,
             findings: Vec::new(),
         };
-        let out: Value = serde_json::from_slice(&response(&review, &decision)).unwrap();
+        let out: Value =
+            serde_json::from_slice(&response(review.api_version, &review.uid, &decision)).unwrap();
         let resp = &out["response"];
         assert_eq!(resp["allowed"], true);
         assert_eq!(resp["patchType"], "JSONPatch");
@@ -571,8 +732,12 @@ mod tests {
                 accepted: "accepted: REDIRECT, TPROXY, NONE".into(),
             }],
         };
-        let out: Value =
-            serde_json::from_slice(&response(&review, &Decision::Deny(denial))).unwrap();
+        let out: Value = serde_json::from_slice(&response(
+            review.api_version,
+            &review.uid,
+            &Decision::Deny(denial),
+        ))
+        .unwrap();
         let resp = &out["response"];
         assert_eq!(resp["allowed"], false);
         assert!(resp.get("patch").is_none());
@@ -586,7 +751,8 @@ mod tests {
     fn a_skip_is_allowed_without_patch_and_says_why() {
         let review = Review::from_slice(&review_json("admission.k8s.io/v1", pod())).unwrap();
         let out: Value = serde_json::from_slice(&response(
-            &review,
+            review.api_version,
+            &review.uid,
             &Decision::Pass(Pass::Skipped(SkipReason::HostNetwork)),
         ))
         .unwrap();

@@ -45,7 +45,7 @@ pub const MAX_BYTES: usize = 2 << 20;
 /// Shorter names are too likely to occur in a pod by chance for a rename to be safe.
 const MIN_NAME_LEN: usize = 8;
 /// The prefix of the token volume the API server's ServiceAccount admission adds.
-const TOKEN_VOLUME_PREFIX: &str = "kube-api-access-";
+pub(crate) const TOKEN_VOLUME_PREFIX: &str = "kube-api-access-";
 
 /// The replica memo: one per server, shared by every connection.
 #[derive(Debug, Default)]
@@ -126,14 +126,14 @@ impl Answer {
     }
 
     /// This answer with each of `from` renamed to the matching one of `to`.
-    fn renamed(&self, from: &[String], to: &[&str]) -> Answer {
+    fn renamed(&self, from: &[String], to: &[String]) -> Answer {
         let mut patch = self.patch.clone();
         let mut warnings = self.warnings.clone();
         for (old, new) in from.iter().zip(to) {
             patch = replace(&patch, old.as_bytes(), new.as_bytes());
             for w in &mut warnings {
                 if w.contains(old.as_str()) {
-                    *w = w.replace(old.as_str(), new);
+                    *w = w.replace(old.as_str(), new.as_str());
                 }
             }
         }
@@ -156,6 +156,45 @@ enum Found {
     Nothing,
 }
 
+/// What a review is looked up by: its shape, the native-sidecar mode it is answered in, and its
+/// volatile names (the uid, then the token volume's name when it has one).
+#[derive(Debug, Clone)]
+pub struct Key {
+    names: Vec<String>,
+    shape: Box<[u8]>,
+    hash: u64,
+    native: bool,
+}
+
+impl Key {
+    /// The key of the review whose request body is `body`; `None` when a name is unsuitable (see
+    /// the module comment), which leaves the review to the engine.
+    pub fn new(body: &[u8], uid: &str, token_volume: Option<&str>, native: bool) -> Option<Key> {
+        let names = volatile_names(uid, token_volume)?;
+        let shape = shape_of(body, &names)?;
+        Some(Key {
+            hash: hash_of(&shape),
+            names: names.into_iter().map(str::to_owned).collect(),
+            shape,
+            native,
+        })
+    }
+
+    /// The key of a decoded review.
+    pub fn of_review(body: &[u8], review: &Review, native: bool) -> Option<Key> {
+        Key::new(body, &review.uid, token_volume(review), native)
+    }
+
+    /// The native-sidecar mode the key was made for.
+    pub fn native(&self) -> bool {
+        self.native
+    }
+
+    fn same_shape(&self, entry: &Entry) -> bool {
+        entry.hash == self.hash && entry.native == self.native && *entry.shape == *self.shape
+    }
+}
+
 impl ReplicaMemo {
     /// A memo that counts its replays in `replayed`.
     pub fn new(replayed: Counter) -> ReplicaMemo {
@@ -165,48 +204,57 @@ impl ReplicaMemo {
         }
     }
 
-    /// The answer to `review` (whose request body is `body`): replayed from a replica of it when
-    /// one was answered with this config and mode, else `decide()`.
+    /// The answer to the review with this key, when a verified replica of it was answered with
+    /// this config. With debug assertions, `full()` answers it in full to compare.
+    pub fn replay(
+        &self,
+        config: &Arc<Config>,
+        key: &Key,
+        full: impl FnOnce() -> Result<Decision, AdmitError>,
+    ) -> Option<Decision> {
+        let Found::Replay(answer, from) = self.find(config, key) else {
+            return None;
+        };
+        let replayed = answer.renamed(&from, &key.names).into_decision();
+        if cfg!(debug_assertions) {
+            assert_eq!(
+                full().as_ref().ok().and_then(Answer::of),
+                Answer::of(&replayed),
+                "a replayed replica answer differs from the full answer"
+            );
+        }
+        self.replayed.inc();
+        Some(replayed)
+    }
+
+    /// The answer to a decoded review with this key (`None`: not one to remember): replayed from
+    /// a verified replica, else `decide()`, remembered for the next replicas or checked against
+    /// the replay of an earlier one.
     pub fn decide(
         &self,
         config: &Arc<Config>,
-        body: &[u8],
-        review: &Review,
-        native: bool,
+        key: Option<Key>,
         decide: impl Fn() -> Result<Decision, AdmitError>,
     ) -> Result<Decision, AdmitError> {
-        let Some(names) = volatile_names(review) else {
+        let Some(key) = key else {
             return decide();
         };
-        let Some(shape) = shape_of(body, &names) else {
-            return decide();
-        };
-        let hash = hash_of(&shape);
-        match self.find(config, hash, native, &shape, &names) {
-            Found::Replay(answer, from) => {
-                let replayed = answer.renamed(&from, &names).into_decision();
-                if cfg!(debug_assertions) {
-                    let fresh = decide();
-                    assert_eq!(
-                        fresh.as_ref().ok().and_then(Answer::of),
-                        Answer::of(&replayed),
-                        "a replayed replica answer differs from the full answer"
-                    );
-                }
-                self.replayed.inc();
-                Ok(replayed)
-            }
+        match self.find(config, &key) {
+            Found::Replay(..) => match self.replay(config, &key, &decide) {
+                Some(decision) => Ok(decision),
+                None => decide(),
+            },
             Found::Candidate(answer, from) => {
                 let decision = decide()?;
-                let agrees = Answer::of(&decision) == Some(answer.renamed(&from, &names));
-                self.settle(config, hash, native, &shape, agrees);
+                let agrees = Answer::of(&decision) == Some(answer.renamed(&from, &key.names));
+                self.settle(config, &key, agrees);
                 Ok(decision)
             }
             Found::Refuted => decide(),
             Found::Nothing => {
                 let decision = decide()?;
                 if let Some(answer) = Answer::of(&decision) {
-                    self.remember(config, hash, native, shape, &names, answer);
+                    self.remember(config, key, answer);
                 }
                 Ok(decision)
             }
@@ -235,23 +283,18 @@ impl ReplicaMemo {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn find(
-        &self,
-        config: &Arc<Config>,
-        hash: u64,
-        native: bool,
-        shape: &[u8],
-        names: &[&str],
-    ) -> Found {
+    fn find(&self, config: &Arc<Config>, key: &Key) -> Found {
         let mut state = self.lock();
         if !std::ptr::eq(state.config.as_ptr(), Arc::as_ptr(config)) {
             return Found::Nothing;
         }
         let Some(at) = state.entries.iter().position(|e| {
-            e.hash == hash
-                && e.native == native
-                && *e.shape == *shape
-                && e.names.iter().zip(names).all(|(a, b)| a.len() == b.len())
+            key.same_shape(e)
+                && e.names.len() == key.names.len()
+                && e.names
+                    .iter()
+                    .zip(&key.names)
+                    .all(|(a, b)| a.len() == b.len())
         }) else {
             return Found::Nothing;
         };
@@ -274,19 +317,14 @@ impl ReplicaMemo {
     }
 
     /// Records whether the full answer to a second replica agreed with the replay.
-    fn settle(&self, config: &Arc<Config>, hash: u64, native: bool, shape: &[u8], agrees: bool) {
+    fn settle(&self, config: &Arc<Config>, key: &Key, agrees: bool) {
         let mut state = self.lock();
         if !std::ptr::eq(state.config.as_ptr(), Arc::as_ptr(config)) {
             return;
         }
-        let Some(at) = state
-            .entries
-            .iter()
-            .position(|e| e.hash == hash && e.native == native && *e.shape == *shape)
-        else {
+        let Some(entry) = state.entries.iter_mut().find(|e| key.same_shape(e)) else {
             return;
         };
-        let entry = &mut state.entries[at];
         if agrees {
             entry.trust = Trust::Verified;
         } else {
@@ -297,16 +335,8 @@ impl ReplicaMemo {
         }
     }
 
-    fn remember(
-        &self,
-        config: &Arc<Config>,
-        hash: u64,
-        native: bool,
-        shape: Box<[u8]>,
-        names: &[&str],
-        answer: Answer,
-    ) {
-        let size = shape.len() + answer.size();
+    fn remember(&self, config: &Arc<Config>, key: Key, answer: Answer) {
+        let size = key.shape.len() + answer.size();
         if size > MAX_BYTES / 4 {
             return;
         }
@@ -318,11 +348,7 @@ impl ReplicaMemo {
             };
         }
         // Another connection may have answered the same shape meanwhile.
-        if state
-            .entries
-            .iter()
-            .any(|e| e.hash == hash && e.native == native && *e.shape == *shape)
-        {
+        if state.entries.iter().any(|e| key.same_shape(e)) {
             return;
         }
         while state.entries.len() >= CAPACITY || state.bytes + size > MAX_BYTES {
@@ -335,10 +361,10 @@ impl ReplicaMemo {
         state.entries.insert(
             0,
             Entry {
-                hash,
-                native,
-                shape,
-                names: names.iter().map(|n| (*n).to_owned()).collect(),
+                hash: key.hash,
+                native: key.native,
+                shape: key.shape,
+                names: key.names.into(),
                 answer: Arc::new(answer),
                 trust: Trust::Unverified,
             },
@@ -346,11 +372,9 @@ impl ReplicaMemo {
     }
 }
 
-/// The review's uid and, when the pod has one, its service-account token volume's name; `None`
-/// when a name is unsuitable (see the module comment), which leaves the review to the engine.
-fn volatile_names(review: &Review) -> Option<Vec<&str>> {
-    let mut names = vec![review.uid.as_str()];
-    let token_volume = review
+/// The first volume of the review's pod whose name starts with [`TOKEN_VOLUME_PREFIX`].
+fn token_volume(review: &Review) -> Option<&str> {
+    review
         .object
         .as_ref()
         .and_then(|pod| pod.pointer("/spec/volumes"))
@@ -358,7 +382,12 @@ fn volatile_names(review: &Review) -> Option<Vec<&str>> {
         .into_iter()
         .flatten()
         .filter_map(|v| v.get("name").and_then(Value::as_str))
-        .find(|name| name.starts_with(TOKEN_VOLUME_PREFIX));
+        .find(|name| name.starts_with(TOKEN_VOLUME_PREFIX))
+}
+
+/// The uid and the token volume's name, when each is suitable (see the module comment).
+fn volatile_names<'a>(uid: &'a str, token_volume: Option<&'a str>) -> Option<Vec<&'a str>> {
+    let mut names = vec![uid];
     names.extend(token_volume);
     let suitable = |name: &str| {
         name.len() >= MIN_NAME_LEN && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -440,9 +469,8 @@ mod tests {
 
     fn answer(memo: &ReplicaMemo, config: &Arc<Config>, body: &[u8]) -> (Vec<u8>, Vec<String>) {
         let review = Review::from_slice(body).unwrap();
-        match memo.decide(config, body, &review, false, || {
-            admission::decide(config, &review, false)
-        }) {
+        let key = Key::of_review(body, &review, false);
+        match memo.decide(config, key, || admission::decide(config, &review, false)) {
             Ok(Decision::Patch {
                 patch, warnings, ..
             }) => (patch, warnings),

@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
     };
     // The answer goes out as JSON text.
     let response: serde_json::Value =
-        serde_json::from_slice(&admission::response(&review, &decision))
+        serde_json::from_slice(&admission::response(review.api_version, &review.uid, &decision))
             .expect("the response is JSON");
     assert_eq!(response["apiVersion"], review.api_version.as_str());
     assert_eq!(response["response"]["uid"], review.uid.as_str());

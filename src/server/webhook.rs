@@ -14,7 +14,9 @@ use serde_json::Value;
 use tracing::{Instrument, error, field, info, info_span, warn};
 
 use super::state::Shared;
-use crate::admission::{self, AdmitError, Decision, Review};
+use crate::admission::{self, AdmitError, ApiVersion, Decision, Head, Review, ReviewError};
+use crate::config::Config;
+use crate::replicas::Key;
 
 /// The webhook routes. `/inject/` is accepted too because Istio's webhook configurations use both.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -92,27 +94,11 @@ async fn answer(shared: &Shared, headers: &HeaderMap, body: Body) -> Answered {
         Ok(body) => body,
         Err((code, message)) => return refuse(code, message),
     };
-    let review = match Review::from_slice(&body) {
-        Ok(review) => review,
+    let config = shared.config.load_full();
+    let (api_version, uid, decided) = match decide(shared, &config, &body) {
+        Ok(decided) => decided,
         Err(err) => return refuse(StatusCode::BAD_REQUEST, err.to_string()),
     };
-    let span = tracing::Span::current();
-    span.record("uid", review.uid.as_str());
-    span.record("namespace", review.namespace.as_deref().unwrap_or_default());
-    span.record("pod", review.display_name());
-    span.record("dry_run", review.dry_run);
-
-    let config = shared.config.load_full();
-    let node = review
-        .object
-        .as_ref()
-        .and_then(|pod| pod.pointer("/spec/nodeName"))
-        .and_then(Value::as_str)
-        .filter(|node| !node.is_empty());
-    let native = shared.native_sidecars(&config, node);
-    let decided = shared.replicas.decide(&config, &body, &review, native, || {
-        admission::decide(&config, &review, native)
-    });
     drop(body);
     match decided {
         Ok(decision) => {
@@ -120,7 +106,7 @@ async fn answer(shared: &Shared, headers: &HeaderMap, body: Body) -> Answered {
                 warnings, findings, ..
             } = &decision
             {
-                span.record("warnings", warnings.len());
+                tracing::Span::current().record("warnings", warnings.len());
                 for finding in findings {
                     shared.metrics.warned(finding);
                 }
@@ -128,7 +114,7 @@ async fn answer(shared: &Shared, headers: &HeaderMap, body: Body) -> Answered {
             Answered {
                 response: (
                     [(header::CONTENT_TYPE, "application/json")],
-                    admission::response(&review, &decision),
+                    admission::response(api_version, &uid, &decision),
                 )
                     .into_response(),
                 outcome: decision.outcome(),
@@ -143,17 +129,64 @@ async fn answer(shared: &Shared, headers: &HeaderMap, body: Body) -> Answered {
             };
             let message = err.to_string();
             Answered {
-                response: status_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &message,
-                    Some(&review.uid),
-                ),
+                response: status_response(StatusCode::INTERNAL_SERVER_ERROR, &message, Some(&uid)),
                 outcome: "error",
                 reason,
                 detail: Some(message),
             }
         }
     }
+}
+
+/// The decision on a body, with the `apiVersion` and uid to answer with. A pod CREATE whose
+/// replica was answered before is answered from the memo without reading the pod (see
+/// `replicas`); any other body is read whole and goes to the engine. `Err`: the body is not a
+/// review.
+fn decide(
+    shared: &Shared,
+    config: &Arc<Config>,
+    body: &[u8],
+) -> Result<(ApiVersion, String, Result<Decision, AdmitError>), ReviewError> {
+    let span = tracing::Span::current();
+    let mut key = None;
+    if let Some(head) = Head::from_slice(body) {
+        span.record("uid", head.uid.as_str());
+        span.record("namespace", head.namespace.as_deref().unwrap_or_default());
+        span.record("pod", head.display_name.as_str());
+        span.record("dry_run", head.dry_run);
+        let native = shared.native_sidecars(config, head.node_name.as_deref());
+        key = Key::new(body, &head.uid, head.token_volume.as_deref(), native);
+        let full = || match Review::from_slice(body) {
+            Ok(review) => admission::decide(config, &review, native),
+            Err(err) => panic!("a body whose head reads does not read as a review: {err}"),
+        };
+        if let Some(decision) = key
+            .as_ref()
+            .and_then(|key| shared.replicas.replay(config, key, full))
+        {
+            return Ok((head.api_version, head.uid, Ok(decision)));
+        }
+    }
+    let review = Review::from_slice(body)?;
+    span.record("uid", review.uid.as_str());
+    span.record("namespace", review.namespace.as_deref().unwrap_or_default());
+    span.record("pod", review.display_name());
+    span.record("dry_run", review.dry_run);
+    let node = review
+        .object
+        .as_ref()
+        .and_then(|pod| pod.pointer("/spec/nodeName"))
+        .and_then(Value::as_str)
+        .filter(|node| !node.is_empty());
+    let native = shared.native_sidecars(config, node);
+    // The head's key when there was one (the same body, so the same names), else the review's.
+    let key = key
+        .filter(|key| key.native() == native)
+        .or_else(|| Key::of_review(body, &review, native));
+    let decided = shared
+        .replicas
+        .decide(config, key, || admission::decide(config, &review, native));
+    Ok((review.api_version, review.uid, decided))
 }
 
 /// `application/json`, with or without parameters such as `charset=utf-8`.

@@ -212,7 +212,21 @@ impl Head {
             name: Option<String>,
         }
 
-        let envelope: Envelope = serde_json::from_slice(body).ok()?;
+        // The head skips most of the body, and serde_json does not check what it skips as
+        // closely as what it reads: text that is not UTF-8, and `\u` escapes of surrogates
+        // (which may pair up or not). Such bodies have no head; the full read decides.
+        let text = std::str::from_utf8(body).ok()?;
+        let surrogate_escape = memchr::memmem::find_iter(body, b"\\u").any(|at| {
+            matches!(body.get(at + 2), Some(b'd' | b'D'))
+                && matches!(
+                    body.get(at + 3),
+                    Some(b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
+                )
+        });
+        if surrogate_escape {
+            return None;
+        }
+        let envelope: Envelope = serde_json::from_str(text).ok()?;
         let request = envelope.request;
         let plain_pod_create = envelope.kind == "AdmissionReview"
             && request.kind.group.as_deref().unwrap_or_default().is_empty()
@@ -573,6 +587,11 @@ mod tests {
             (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"kind":"Pod"},"operation":"UPDATE","object":{}}}"#.to_vec(), false),
             (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"","kind":{"kind":"Pod"},"operation":"CREATE","object":{}}}"#.to_vec(), false),
             (b"{\"apiVersion\":".to_vec(), false),
+            // Text the head would skip without the checks the full read makes.
+            (review_json("admission.k8s.io/v1", json!({"spec": {"x": "\u{e9}"}})), true),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"kind":"Pod"},"operation":"CREATE","object":{"x":"\ud800"}}}"#.to_vec(), false),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"kind":"Pod"},"operation":"CREATE","object":{"x":"\uD83D\uDE00"}}}"#.to_vec(), false),
+            ([&br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"kind":"Pod"},"operation":"CREATE","object":{"x":""#[..], b"\x9a\"}}}"].concat(), false),
         ] {
             let head = Head::from_slice(&body);
             assert_eq!(head.is_some(), has_head, "{}", String::from_utf8_lossy(&body));

@@ -402,9 +402,10 @@ fn volatile_names<'a>(uid: &'a str, token_volume: Option<&'a str>) -> Option<Vec
 }
 
 /// The body with each volatile name replaced by `NUL, index`; `None` when a name occurs inside a
-/// longer run of name characters (letters, digits, `-`). Every occurrence is then a whole token,
-/// so no two overlap and each is replaced: a review has the shape of another exactly when it is
-/// the other's text with those tokens renamed.
+/// longer run of name characters (letters, digits, `-`) or right after a backslash (where it
+/// could be part of an escape). Every occurrence is then a whole token, so no two overlap and
+/// each is replaced: a review has the shape of another exactly when it is the other's text with
+/// those tokens renamed, and one is valid JSON exactly when the other is.
 fn shape_of(body: &[u8], names: &[&str]) -> Option<Box<[u8]>> {
     let name_char = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-';
     let mut shape = body.to_vec();
@@ -412,7 +413,7 @@ fn shape_of(body: &[u8], names: &[&str]) -> Option<Box<[u8]>> {
         let whole = memmem::find_iter(&shape, name.as_bytes()).all(|at| {
             let before = at.checked_sub(1).and_then(|b| shape.get(b));
             let after = shape.get(at + name.len());
-            !before.is_some_and(name_char) && !after.is_some_and(name_char)
+            !before.is_some_and(|b| name_char(b) || *b == b'\\') && !after.is_some_and(name_char)
         });
         if !whole {
             return None;
@@ -568,6 +569,9 @@ mod tests {
         assert!(shape_of(b"\"aaaaaaaaab\"", &["aaaaaaaab"]).is_none());
         assert!(shape_of(b"\"xxxx-xxxx-xxxx\"", &["xxxx-xxxx"]).is_none());
         assert!(shape_of(b"[\"xxxx-xxxx\",\"xxxx-xxxx.1\"]", &["xxxx-xxxx"]).is_some());
+        // After a backslash a name could be an escape's: `\u0041bcdefgh` renamed to
+        // `\ud800zzzzzzz` would no longer be JSON.
+        assert!(shape_of(b"[\"\\u0041bcdefgh\"]", &["u0041bcdefgh"]).is_none());
         assert_eq!(replace(b"a.b.a", b"a", b"zz"), b"zz.b.zz");
     }
 }

@@ -285,3 +285,30 @@ fn a_pod_container_named_like_an_injected_one_is_warned_about() {
         Ok(Outcome::Skipped(SkipReason::RepeatedContainerName(_)))
     ));
 }
+
+/// `fuzz/fuzz_targets/admission_review.rs`: the review's head (what a replayed answer is built
+/// from) read a body with bytes that are not UTF-8 in a field it skips, which the full read
+/// refuses. A replay could not have answered it (its shape would have to be that of a body read
+/// in full), but the head now refuses what the full read refuses: text that is not UTF-8, and
+/// `\u` escapes of surrogates, which serde_json does not check in what it skips.
+#[test]
+fn the_head_of_a_review_refuses_what_the_review_refuses() {
+    let review = |object: &[u8]| {
+        [
+            &br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"0df28fbd-5f5f-11e8-bc74-42010a800002","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE","namespace":"batch","object":"#[..],
+            object,
+            b"}}",
+        ]
+        .concat()
+    };
+    for object in [
+        &b"{\"spec\":{\"containers\":[{\"livenessProbe\":{\"tcpS\x9a\x9a\":{}}}]}}"[..],
+        br#"{"spec":{"containers":[{"name":"\ud800"}]}}"#,
+    ] {
+        let body = review(object);
+        assert!(sidecar_injector::admission::Review::from_slice(&body).is_err());
+        assert_eq!(sidecar_injector::admission::Head::from_slice(&body), None);
+    }
+    let fine = review(br#"{"spec":{"containers":[{"name":"app"}]}}"#);
+    assert!(sidecar_injector::admission::Head::from_slice(&fine).is_some());
+}

@@ -12,8 +12,10 @@
 //!   made only of letters, digits and `-` (so it reads the same in JSON text, in JSON text nested
 //!   in an annotation and in a JSON pointer), and neither contains the other.
 //! - Its *shape* is the request body with every occurrence of each volatile name replaced by a
-//!   marker holding a NUL byte, which valid JSON text never contains raw. Two reviews of one shape
-//!   are the same text but for their volatile names, occurrence for occurrence.
+//!   marker holding a NUL byte, which valid JSON text never contains raw. Every occurrence must be
+//!   a whole token (not inside a longer run of name characters, not right after a backslash), so
+//!   two reviews of one shape are the same text but for their volatile names, occurrence for
+//!   occurrence, and one is valid JSON exactly when the other is.
 //! - An answer (an injected pod's patch, warnings and findings) is replayed for a review of the
 //!   same shape, the same config snapshot and the same native-sidecar mode, with the first
 //!   review's volatile names renamed to this one's, of the same lengths.
@@ -23,6 +25,10 @@
 //! and remembered; the second is answered in full too and compared with the replay, and only when
 //! the two agree are later replicas replayed. Debug builds (every test and the fuzz targets)
 //! compare every replay with a full answer.
+//!
+//! The server looks a review up from its head (`admission::Head`: the uid, the token volume's
+//! name, what it logs) before it reads the pod, so a replayed answer never builds the pod as a
+//! value; a review without a verified answer is read whole and goes to [`ReplicaMemo::decide`].
 //!
 //! Bounded: [`CAPACITY`] shapes and [`MAX_BYTES`] bytes, most recently used first. A new config
 //! snapshot starts afresh.

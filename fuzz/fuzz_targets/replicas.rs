@@ -13,9 +13,9 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use pods::{Input, pod};
 use serde_json::{Value, json};
-use sidecar_injector::admission::{self, Decision, Review};
+use sidecar_injector::admission::{self, Decision, Head, Review};
 use sidecar_injector::config::Config;
-use sidecar_injector::replicas::ReplicaMemo;
+use sidecar_injector::replicas::{Key, ReplicaMemo};
 
 fn config() -> Arc<Config> {
     static CONFIG: OnceLock<Arc<Config>> = OnceLock::new();
@@ -75,12 +75,22 @@ fuzz_target!(|input: Input| {
                 "operation": "CREATE", "namespace": "default", "object": pod}
         }))
         .expect("a JSON value serializes");
+        // Read whole for the checks below. The memo is used as the server uses it: the head
+        // first, a replay when the shape has a verified answer, else the review through the memo.
         let Ok(review) = Review::from_slice(&body) else {
             return;
         };
-        let decision = memo.decide(&config, &body, &review, input.native, || {
-            admission::decide(&config, &review, input.native)
-        });
+        let native = input.native;
+        let full = || admission::decide(&config, &review, native);
+        let key = Head::from_slice(&body)
+            .and_then(|head| Key::new(&body, &head.uid, head.token_volume.as_deref(), native));
+        let decision = match key.as_ref().and_then(|key| memo.replay(&config, key, full)) {
+            Some(replayed) => Ok(replayed),
+            None => {
+                let key = key.or_else(|| Key::of_review(&body, &review, native));
+                memo.decide(&config, key, full)
+            }
+        };
         let Ok(Decision::Patch { patch, .. }) = decision else {
             assert!(
                 !first_injected,

@@ -221,7 +221,19 @@ impl ReplicaMemo {
         let Found::Replay(answer, from) = self.find(config, key) else {
             return None;
         };
-        let replayed = answer.renamed(&from, &key.names).into_decision();
+        Some(self.rename_and_count(&answer, &from, key, full))
+    }
+
+    /// `answer` (given for the names `from`) renamed for `key`, counted; with debug assertions,
+    /// compared with `full()`.
+    fn rename_and_count(
+        &self,
+        answer: &Answer,
+        from: &[String],
+        key: &Key,
+        full: impl FnOnce() -> Result<Decision, AdmitError>,
+    ) -> Decision {
+        let replayed = answer.renamed(from, &key.names).into_decision();
         if cfg!(debug_assertions) {
             assert_eq!(
                 full().as_ref().ok().and_then(Answer::of),
@@ -230,7 +242,7 @@ impl ReplicaMemo {
             );
         }
         self.replayed.inc();
-        Some(replayed)
+        replayed
     }
 
     /// The answer to a decoded review with this key (`None`: not one to remember): replayed from
@@ -246,10 +258,7 @@ impl ReplicaMemo {
             return decide();
         };
         match self.find(config, &key) {
-            Found::Replay(..) => match self.replay(config, &key, &decide) {
-                Some(decision) => Ok(decision),
-                None => decide(),
-            },
+            Found::Replay(answer, from) => Ok(self.rename_and_count(&answer, &from, &key, &decide)),
             Found::Candidate(answer, from) => {
                 let decision = decide()?;
                 let agrees = Answer::of(&decision) == Some(answer.renamed(&from, &key.names));

@@ -149,7 +149,9 @@ fn decide(
 ) -> Result<(ApiVersion, String, Result<Decision, AdmitError>), ReviewError> {
     let span = tracing::Span::current();
     let mut key = None;
+    let mut recorded = false;
     if let Some(head) = Head::from_slice(body) {
+        recorded = true;
         span.record("uid", head.uid.as_str());
         span.record("namespace", head.namespace.as_deref().unwrap_or_default());
         span.record("pod", head.display_name.as_str());
@@ -168,10 +170,13 @@ fn decide(
         }
     }
     let review = Review::from_slice(body)?;
-    span.record("uid", review.uid.as_str());
-    span.record("namespace", review.namespace.as_deref().unwrap_or_default());
-    span.record("pod", review.display_name());
-    span.record("dry_run", review.dry_run);
+    // A body with a head has had these recorded from it (the same values).
+    if !recorded {
+        span.record("uid", review.uid.as_str());
+        span.record("namespace", review.namespace.as_deref().unwrap_or_default());
+        span.record("pod", review.display_name());
+        span.record("dry_run", review.dry_run);
+    }
     let node = review
         .object
         .as_ref()

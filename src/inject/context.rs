@@ -255,12 +255,19 @@ fn metadata(p: &Value, namespace: &str) -> Value {
 fn pod_ports_json(p: &Value) -> String {
     let mut out = String::from("[");
     let mut first = true;
-    // A user-written istio-proxy is left out: it is moved by the injection, so counting its ports
-    // where it stood would list them in another order when the pod is injected again.
-    for c in pod::list(p, "containers")
+    // The ports of a user-written istio-proxy count too (a gateway's are its only ones), but
+    // last, wherever it stands: the injection moves it (to the end, or into initContainers), and
+    // listing its ports where it stood would list them in another order when the pod is injected
+    // again. That is where istiod lists them when it injects again, too.
+    let apps = pod::list(p, "containers")
         .iter()
-        .filter(|c| pod::name_of(c) != Some(pod::PROXY))
-    {
+        .filter(|c| pod::name_of(c) != Some(pod::PROXY));
+    let user_proxy = pod::CONTAINER_LISTS.iter().rev().find_map(|l| {
+        pod::list(p, l)
+            .iter()
+            .find(|c| pod::name_of(c) == Some(pod::PROXY))
+    });
+    for c in apps.chain(user_proxy) {
         for port in c
             .get("ports")
             .and_then(Value::as_array)
@@ -428,6 +435,21 @@ mod tests {
             "[\n    {\"name\":\"http\",\"containerPort\":80}\n    ,{\"name\":\"http\",\"containerPort\":90,\"protocol\":\"TCP\"}\n]"
         );
         assert_eq!(pod_ports_json(&json!({})), "[\n]");
+    }
+
+    #[test]
+    fn pod_ports_json_lists_a_user_proxy_last() {
+        let proxy = json!({"name": "istio-proxy", "ports": [{"containerPort": 15090, "name": "http-envoy-prom", "protocol": "TCP"}]});
+        let app = json!({"name": "app", "ports": [{"containerPort": 80}]});
+        let want = "[\n    {\"containerPort\":80}\n    ,{\"name\":\"http-envoy-prom\",\"containerPort\":15090,\"protocol\":\"TCP\"}\n]";
+        let first = json!({"spec": {"containers": [proxy, app]}});
+        let in_init = json!({"spec": {"initContainers": [proxy], "containers": [app]}});
+        assert_eq!(pod_ports_json(&first), want);
+        assert_eq!(pod_ports_json(&in_init), want);
+        assert_eq!(
+            pod_ports_json(&json!({"spec": {"containers": [proxy]}})),
+            "[\n    {\"name\":\"http-envoy-prom\",\"containerPort\":15090,\"protocol\":\"TCP\"}\n]"
+        );
     }
 
     #[test]

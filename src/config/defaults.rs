@@ -10,11 +10,18 @@ pub(crate) const MESH: &str = include_str!("../../charts/sidecar-injector/files/
 /// `config` without its templates.
 const CONFIG: &str = include_str!("../../charts/sidecar-injector/files/config.yaml");
 
-/// The shipped templates, by name.
-pub(crate) const TEMPLATES: &[(&str, &str)] = &[(
-    "sidecar",
-    include_str!("../../charts/sidecar-injector/files/templates/sidecar.yaml.j2"),
-)];
+/// The shipped templates, by name: the chart's `files/templates/NAME.yaml.j2`, every one of them
+/// (a test checks that the list and the directory agree).
+pub(crate) const TEMPLATES: &[(&str, &str)] = &[
+    (
+        "sidecar",
+        include_str!("../../charts/sidecar-injector/files/templates/sidecar.yaml.j2"),
+    ),
+    (
+        "gateway",
+        include_str!("../../charts/sidecar-injector/files/templates/gateway.yaml.j2"),
+    ),
+];
 
 /// The `config` key as the chart renders it: the settings plus `templates:` with each template
 /// as a literal block.
@@ -37,4 +44,39 @@ pub(crate) fn config_with_templates() -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chart ships every file under files/templates/; the binary must embed the same set, or
+    /// a pod asking for a template would be injected by the chart's ConfigMap and refused by the
+    /// binary's defaults (or the other way round).
+    #[test]
+    fn every_shipped_template_is_embedded() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/charts/sidecar-injector/files/templates"
+        );
+        let mut shipped: Vec<(String, String)> = std::fs::read_dir(dir)
+            .expect("templates directory")
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                let name = path.file_name()?.to_str()?.strip_suffix(".yaml.j2")?;
+                Some((name.to_string(), std::fs::read_to_string(&path).ok()?))
+            })
+            .collect();
+        shipped.sort();
+        let mut embedded: Vec<(String, String)> = TEMPLATES
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        embedded.sort();
+        assert_eq!(
+            embedded.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            shipped.iter().map(|(n, _)| n).collect::<Vec<_>>()
+        );
+        assert!(embedded == shipped, "embedded template text differs");
+    }
 }

@@ -173,9 +173,6 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
     if let Some(saved) = &saved {
         saved.reinsert(&mut p);
     }
-    if native {
-        overrides::move_proxy_to_init_containers(&mut p);
-    }
 
     let facts = context::Facts {
         namespace,
@@ -204,8 +201,17 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
     let mut p =
         std::sync::Arc::try_unwrap(shared).unwrap_or_else(|still_shared| (*still_shared).clone());
     let mut added = status::Added::default();
-    for fragment in fragments {
+    for fragment in &fragments {
         added.record(fragment.get("spec").and_then(Value::as_object));
+    }
+    // Where the proxy goes is the templates' choice, not the mode's: the sidecar template puts it
+    // in initContainers in native mode, a gateway's proxy is its main container in any mode. A
+    // user-written istio-proxy joins the list the rendered one is in, so that the two merge.
+    let proxy_in_init = added.init_containers.iter().any(|n| n == pod::PROXY);
+    if proxy_in_init {
+        overrides::move_proxy_to_init_containers(&mut p);
+    }
+    for fragment in fragments {
         if let Value::Object(target) = &mut p {
             merge::merge_into(target, fragment);
         }
@@ -276,11 +282,12 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
             a.insert(k.clone(), Value::from(v.as_str()));
         }
     }
-    ordering::reorder(&mut p, native, hold);
+    ordering::reorder(&mut p, proxy_in_init, hold);
     drop_added_empty_lists(original, &mut p);
 
     if let Some(owner) = &job
-        && !native
+        && has_proxy
+        && !proxy_in_init
     {
         warnings.push(jobs::job_warning(owner));
     }

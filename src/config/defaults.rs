@@ -21,6 +21,10 @@ pub(crate) const TEMPLATES: &[(&str, &str)] = &[
         "gateway",
         include_str!("../../charts/sidecar-injector/files/templates/gateway.yaml.j2"),
     ),
+    (
+        "grpc-agent",
+        include_str!("../../charts/sidecar-injector/files/templates/grpc-agent.yaml.j2"),
+    ),
 ];
 
 /// The `config` key as the chart renders it: the settings plus `templates:` with each template

@@ -25,6 +25,10 @@ pub(crate) const TEMPLATES: &[(&str, &str)] = &[
         "grpc-agent",
         include_str!("../../charts/sidecar-injector/files/templates/grpc-agent.yaml.j2"),
     ),
+    (
+        "grpc-simple",
+        include_str!("../../charts/sidecar-injector/files/templates/grpc-simple.yaml.j2"),
+    ),
 ];
 
 /// The `config` key as the chart renders it: the settings plus `templates:` with each template

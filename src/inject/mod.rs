@@ -173,6 +173,13 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
     if let Some(saved) = &saved {
         saved.reinsert(&mut p);
     }
+    // A pod whose only container is istio-proxy (a gateway-style Deployment written for the
+    // sidecar template) keeps the proxy a regular container: moved into initContainers it would
+    // leave the pod without containers, which the API server refuses.
+    let native = native
+        && pod::list(&p, "containers")
+            .iter()
+            .any(|c| pod::name_of(c) != Some(pod::PROXY));
 
     let facts = context::Facts {
         namespace,

@@ -45,9 +45,40 @@ const OUTBOUND_EXCLUSIONS: &[&str] = &[
 ];
 const INCLUDE_OUTBOUND: &str = "traffic.sidecar.istio.io/includeOutboundIPRanges";
 
+/// Templates that put no sidecar beside an application: with `gateway` the pod *is* the proxy
+/// (it listens on 80 and 443 as the proxy's UID by design, and nothing redirects its traffic);
+/// `grpc-simple` runs no Istio process at all. The sidecar pitfalls checked here do not apply.
+const NO_SIDECAR_TEMPLATES: &[&str] = &["gateway", "grpc-simple"];
+
+/// The templates a pod asks for with `inject.istio.io/templates` (none: the default sidecar).
+fn requested_templates(pod: &Value) -> Vec<&str> {
+    annotation(pod, crate::inject::TEMPLATES_ANNOTATION)
+        .map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether the pod asks only for templates that run no sidecar (see [`NO_SIDECAR_TEMPLATES`]).
+fn runs_no_sidecar(pod: &Value) -> bool {
+    let templates = requested_templates(pod);
+    !templates.is_empty() && templates.iter().all(|t| NO_SIDECAR_TEMPLATES.contains(t))
+}
+
+/// Whether the pod is an Istio gateway (`inject.istio.io/templates: gateway`).
+pub fn is_gateway(pod: &Value) -> bool {
+    requested_templates(pod) == ["gateway"]
+}
+
 /// Runs every pod check. `prefix` is the path from the reported object to the pod (`""` for a
 /// Pod, `spec.template.` for a Deployment).
 pub fn check(pod: &Value, ctx: &PodContext, object: &str, prefix: &str) -> Vec<Finding> {
+    if runs_no_sidecar(pod) {
+        return Vec::new();
+    }
     let layout = Layout::of(pod, ctx);
     let mut out = Findings {
         object,

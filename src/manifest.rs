@@ -112,7 +112,9 @@ pub fn inject_document(
             .to_string()
     };
     let namespace = get("/metadata/namespace");
-    let workload = Workload {
+    // A Pod's workload is found from its owner references, as the webhook finds it (and as
+    // `istioctl kube-inject` does); a workload's pod template belongs to the workload.
+    let workload = (kind != "Pod").then(|| Workload {
         kind: kind.to_string(),
         name: match get("/metadata/name") {
             n if n.is_empty() => get("/metadata/generateName")
@@ -121,7 +123,7 @@ pub fn inject_document(
             n => n,
         },
         api_version: get("/apiVersion"),
-    };
+    });
     let req = Request {
         pod: template,
         namespace: Some(if namespace.is_empty() {
@@ -129,7 +131,7 @@ pub fn inject_document(
         } else {
             &namespace
         }),
-        workload: Some(workload),
+        workload,
         native_sidecars,
     };
     match inject::inject(config, &req) {

@@ -1,4 +1,10 @@
 //! The workload a pod belongs to, named as istiod names it (`kube.GetDeployMetaFromPod`).
+//!
+//! A pod made by a controller (its name generated, `generateName` set) belongs to the object its
+//! controller owner reference names: ReplicaSets of a Deployment (or an Argo Rollout) and Jobs of
+//! a CronJob are traced one step further by their naming conventions; any other owner, kinds
+//! istiod knows nothing about included (OpenKruise CloneSets, KubeVirt, operators' own kinds),
+//! is the workload itself. A pod named by hand is its own workload.
 
 use serde_json::Value;
 
@@ -9,7 +15,13 @@ pub(crate) fn of_pod(p: &Value) -> Workload {
     let meta = pod::metadata(p);
     let labels = pod::labels(p);
     let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+    // istiod looks at the owners only of a pod whose name is generated.
+    let generated = meta
+        .and_then(|m| m.get("generateName"))
+        .and_then(Value::as_str)
+        .is_some_and(|g| !g.is_empty());
     let controller = meta
+        .filter(|_| generated)
         .and_then(|m| m.get("ownerReferences"))
         .and_then(Value::as_array)
         .and_then(|refs| {
@@ -31,7 +43,10 @@ pub(crate) fn of_pod(p: &Value) -> Workload {
             .unwrap_or("")
             .to_string()
     };
-    let (kind, name, api_version) = (field("kind"), field("name"), field("apiVersion"));
+    let (kind, mut name, api_version) = (field("kind"), field("name"), field("apiVersion"));
+    if name.is_empty() {
+        name = pod_name(p);
+    }
 
     if kind == "ReplicaSet" {
         if let Some(hash) = label("rollouts-pod-template-hash")
@@ -140,6 +155,73 @@ mod tests {
         assert_eq!(
             owner_url(&w, "shop"),
             "kubernetes://apis/apps/v1/namespaces/shop/deployments/web"
+        );
+    }
+
+    #[test]
+    fn a_custom_controller_is_the_workload() {
+        let p = json!({"metadata": {"generateName": "web-", "ownerReferences": [
+            {"apiVersion": "apps.example.com/v1", "kind": "Other", "name": "not-the-controller"},
+            {"apiVersion": "foo/v1", "kind": "Bar", "name": "web", "controller": true}]}});
+        let w = of_pod(&p);
+        assert_eq!(
+            (w.kind.as_str(), w.name.as_str(), w.api_version.as_str()),
+            ("Bar", "web", "foo/v1")
+        );
+        assert_eq!(
+            owner_url(&w, "shop"),
+            "kubernetes://apis/foo/v1/namespaces/shop/bars/web"
+        );
+        // OpenKruise names CloneSet pods itself, but still from the template's generateName.
+        let p = json!({"metadata": {"name": "cs-x7k2p", "generateName": "cs-", "ownerReferences": [
+            {"apiVersion": "apps.kruise.io/v1alpha1", "kind": "CloneSet", "name": "cs", "controller": true}]}});
+        assert_eq!(
+            owner_url(&of_pod(&p), "shop"),
+            "kubernetes://apis/apps.kruise.io/v1alpha1/namespaces/shop/clonesets/cs"
+        );
+    }
+
+    #[test]
+    fn owners_count_only_for_generated_pods() {
+        // A pod named by hand is its own workload, whoever owns it (istiod reads the owners only
+        // when the name is generated).
+        let p = json!({"metadata": {"name": "manual", "ownerReferences": [
+            {"apiVersion": "foo/v1", "kind": "Bar", "name": "web", "controller": true}]}});
+        let w = of_pod(&p);
+        assert_eq!(
+            (w.kind.as_str(), w.name.as_str(), w.api_version.as_str()),
+            ("Pod", "manual", "v1")
+        );
+        // Owners that are not the controller do not count.
+        let p = json!({"metadata": {"generateName": "web-", "ownerReferences": [
+            {"apiVersion": "foo/v1", "kind": "Bar", "name": "web"}]}});
+        assert_eq!(of_pod(&p).kind, "Pod");
+        // A controller reference without a name leaves the pod's.
+        let p = json!({"metadata": {"generateName": "web-", "ownerReferences": [
+            {"apiVersion": "foo/v1", "kind": "Bar", "controller": true}]}});
+        let w = of_pod(&p);
+        assert_eq!((w.kind.as_str(), w.name.as_str()), ("Bar", "web"));
+    }
+
+    #[test]
+    fn rollouts_and_deploymentconfigs() {
+        let w = of_pod(&pod_owned_by(
+            "ReplicaSet",
+            "canary-6c9f8d7b5",
+            json!({"rollouts-pod-template-hash": "6c9f8d7b5"}),
+        ));
+        assert_eq!(
+            (w.kind.as_str(), w.name.as_str(), w.api_version.as_str()),
+            ("Rollout", "canary", "argoproj.io/v1alpha1")
+        );
+        let w = of_pod(&pod_owned_by(
+            "ReplicationController",
+            "frontend-3",
+            json!({"deploymentconfig": "frontend"}),
+        ));
+        assert_eq!(
+            (w.kind.as_str(), w.name.as_str(), w.api_version.as_str()),
+            ("DeploymentConfig", "frontend", "apps.openshift.io/v1")
         );
     }
 

@@ -221,3 +221,93 @@ proptest! {
         }
     }
 }
+
+/// A pod asking for one of the other shipped templates: the gRPC ones render into the app
+/// containers, the gateway one into the pod's own `istio-proxy`.
+fn templated_pod() -> impl Strategy<Value = Value> {
+    let gateway = (
+        prop::collection::vec(env_var(), 0..4),
+        prop::option::of(1u16..=9000),
+        unknown_fields(),
+        prop::collection::vec(("[a-z]{1,6}\\.[a-z_]{1,10}", "[0-9]{1,4}"), 0..3),
+        hostile_text(),
+    )
+        .prop_map(|(env, port, extra, sysctls, level)| {
+            let mut proxy = Map::new();
+            proxy.insert("name".into(), Value::from("istio-proxy"));
+            proxy.insert("image".into(), Value::from("auto"));
+            proxy.insert("env".into(), Value::from(env));
+            if let Some(p) = port {
+                proxy.insert("ports".into(), json!([{"containerPort": p}]));
+            }
+            proxy.extend(extra);
+            let sysctls: Vec<Value> = sysctls
+                .into_iter()
+                .map(|(n, v)| json!({"name": n, "value": v}))
+                .collect();
+            json!({
+                "metadata": {"name": "gw", "namespace": "team", "labels": {"istio": "gw"},
+                    "annotations": {"inject.istio.io/templates": "gateway",
+                        "sidecar.istio.io/agentLogLevel": level}},
+                "spec": {"securityContext": {"sysctls": sysctls},
+                    "containers": [Value::Object(proxy)]}
+            })
+        });
+    let grpc = (pod(), prop_oneof![Just("grpc-agent"), Just("grpc-simple")]).prop_map(
+        |(mut p, template)| {
+            p["metadata"]["annotations"]["inject.istio.io/templates"] = Value::from(template);
+            p
+        },
+    );
+    prop_oneof![gateway, grpc]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn other_templates_patch_applies_and_injecting_twice_changes_nothing(
+        p in templated_pod(),
+        native in any::<bool>(),
+    ) {
+        let once = injected(&p, native);
+        let mut patched = p.clone();
+        json_patch::patch(&mut patched, &inject::patch(&p, &once)).expect("the patch applies");
+        prop_assert_eq!(&patched, &once);
+        let twice = injected(&once, native);
+        prop_assert_eq!(once, twice);
+    }
+
+    #[test]
+    fn other_templates_lose_nothing_the_user_wrote(p in templated_pod(), native in any::<bool>()) {
+        let after = injected(&p, native);
+        let mut got = unknown_leaves(&after);
+        got.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        let mut want = unknown_leaves(&p);
+        want.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        prop_assert_eq!(got, want);
+        for (k, v) in p["metadata"]["annotations"].as_object().into_iter().flatten() {
+            prop_assert_eq!(&after["metadata"]["annotations"][k], v, "annotation {}", k);
+        }
+        for sysctl in p["spec"]["securityContext"]["sysctls"].as_array().into_iter().flatten() {
+            let kept = after["spec"]["securityContext"]["sysctls"].as_array().into_iter().flatten();
+            prop_assert!(kept.into_iter().any(|s| s == sysctl), "sysctl {} lost", sysctl);
+        }
+        for list in ["containers", "initContainers"] {
+            for c in p["spec"][list].as_array().into_iter().flatten() {
+                let out = ["containers", "initContainers"].iter()
+                    .flat_map(|l| after["spec"][*l].as_array().into_iter().flatten())
+                    .find(|o| o["name"] == c["name"])
+                    .expect("container kept");
+                // The templates add env vars; every one the user wrote is there as written.
+                let out_env = out["env"].as_array().cloned().unwrap_or_default();
+                for e in c["env"].as_array().into_iter().flatten() {
+                    prop_assert!(out_env.contains(e), "env {} of {} lost", e, c["name"]);
+                }
+                if c["image"] != "auto" {
+                    prop_assert_eq!(&out["image"], &c["image"]);
+                }
+            }
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! What the answer says beyond the patch: guardrail warnings, and native sidecars `auto`
-//! following the cluster's kubelet versions.
+//! following the cluster's kubelet versions. And, through the whole server, the pods that are
+//! not plain applications: an Istio gateway's, and a custom controller's.
 
 mod tls_client;
 
@@ -250,4 +251,132 @@ async fn replicas_get_the_same_injection_under_their_own_names() {
     assert_eq!(server.shared.replicas.len(), 1);
     // The first two were answered in full (the second to check the replay), the others replayed.
     assert_eq!(server.shared.metrics.replayed.get(), 2);
+}
+
+/// The patched pod of an answer.
+fn patched(pod: &Value, response: &Value) -> Value {
+    let encoded = response["patch"].as_str().expect("a patch");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+    let mut out = pod.clone();
+    json_patch::patch(&mut out, &patch).unwrap();
+    out
+}
+
+fn proxy_env<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
+    pod["spec"]["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == "istio-proxy")?["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+/// A pod of Istio's gateway chart, as its ReplicaSet creates it.
+fn gateway_pod() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "istio-ingressgateway-7c9d5b8f6-",
+            "namespace": "default",
+            "labels": {"app": "istio-ingressgateway", "istio": "ingressgateway",
+                "sidecar.istio.io/inject": "true", "pod-template-hash": "7c9d5b8f6"},
+            "annotations": {"inject.istio.io/templates": "gateway",
+                "prometheus.io/path": "/stats/prometheus", "prometheus.io/port": "15020",
+                "prometheus.io/scrape": "true"},
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": "istio-ingressgateway-7c9d5b8f6",
+                "uid": "6f1c1b7e-0000-4000-8000-000000000003", "controller": true,
+                "blockOwnerDeletion": true
+            }]
+        },
+        "spec": {
+            "securityContext": {"sysctls": [
+                {"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]},
+            "containers": [{
+                "name": "istio-proxy",
+                "image": "auto",
+                "securityContext": {"capabilities": {"drop": ["ALL"]},
+                    "allowPrivilegeEscalation": false, "privileged": false,
+                    "readOnlyRootFilesystem": true, "runAsUser": 1337, "runAsGroup": 1337,
+                    "runAsNonRoot": true},
+                "ports": [{"containerPort": 15090, "protocol": "TCP", "name": "http-envoy-prom"}]
+            }],
+            "serviceAccountName": "istio-ingressgateway"
+        }
+    })
+}
+
+#[tokio::test]
+async fn an_istio_gateway_pod_is_injected_as_a_gateway_without_warnings() {
+    // Native sidecars on: the gateway's proxy is still its main container.
+    let server = Running::start(|s| s.native_sidecars = Some(NativeMode::Enabled)).await;
+    let pod = gateway_pod();
+    let response = create(&server, pod.clone()).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    assert_eq!(warnings(&response), Vec::<String>::new());
+    let out = patched(&pod, &response);
+    let containers = out["spec"]["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 1, "{out}");
+    let proxy = &containers[0];
+    assert_eq!(proxy["name"], "istio-proxy");
+    assert!(out["spec"]["initContainers"].is_null(), "{out}");
+    assert!(
+        proxy["image"]
+            .as_str()
+            .is_some_and(|i| i.contains("/proxyv2:")),
+        "{proxy}"
+    );
+    assert_eq!(proxy["args"][1], "router");
+    assert_eq!(
+        proxy["securityContext"],
+        pod["spec"]["containers"][0]["securityContext"]
+    );
+    assert_eq!(
+        proxy_env(&out, "ISTIO_META_WORKLOAD_NAME"),
+        Some(&json!({"name": "ISTIO_META_WORKLOAD_NAME", "value": "istio-ingressgateway"}))
+    );
+    assert_eq!(
+        proxy_env(&out, "ISTIO_META_APP_CONTAINERS"),
+        Some(&json!({"name": "ISTIO_META_APP_CONTAINERS"}))
+    );
+    assert!(
+        out["metadata"]["annotations"]["sidecar.istio.io/status"]
+            .as_str()
+            .is_some_and(|s| s.contains(r#""containers":["istio-proxy"]"#)),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_pod_of_a_custom_controller_belongs_to_it() {
+    let server = Running::start(|s| s.native_sidecars = Some(NativeMode::Disabled)).await;
+    let mut pod = app_pod();
+    pod["metadata"]["generateName"] = json!("clone-");
+    pod["metadata"]["labels"] = json!({});
+    pod["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "foo/v1", "kind": "Bar", "name": "clone",
+        "uid": "6f1c1b7e-0000-4000-8000-000000000004", "controller": true,
+        "blockOwnerDeletion": true
+    }]);
+    let response = create(&server, pod.clone()).await;
+    let out = patched(&pod, &response);
+    assert_eq!(
+        proxy_env(&out, "ISTIO_META_OWNER"),
+        Some(&json!({"name": "ISTIO_META_OWNER",
+            "value": "kubernetes://apis/foo/v1/namespaces/default/bars/clone"}))
+    );
+    assert_eq!(
+        proxy_env(&out, "ISTIO_META_WORKLOAD_NAME"),
+        Some(&json!({"name": "ISTIO_META_WORKLOAD_NAME", "value": "clone"}))
+    );
+    assert_eq!(
+        out["metadata"]["labels"]["service.istio.io/canonical-name"],
+        "clone"
+    );
 }

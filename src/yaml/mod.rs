@@ -6,6 +6,8 @@
 use serde_json::Value;
 
 mod block;
+mod emit;
+pub(crate) mod kube;
 
 /// A YAML document that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -18,24 +20,209 @@ pub struct YamlError {
     pub message: String,
 }
 
-/// Parses a multi-document YAML stream. Empty documents (a lone `---`, comments only) are
-/// dropped, as kubectl does.
+/// Parses a multi-document stream of manifests as kubectl reads it (YAML 1.1 scalars, see
+/// [`kube`]). Empty documents (a lone `---`, comments only) are dropped, as kubectl does.
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, YamlError> {
-    use serde::de::DeserializeSeed;
-    let mut docs = Vec::new();
-    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let value = crate::value::Exact
-            .deserialize(doc)
-            .map_err(|e| YamlError {
-                document: i + 1,
-                line: e.location().map(|l| l.line()),
-                message: strip_location(&e.to_string()),
-            })?;
-        if !value.is_null() {
-            docs.push(value);
+    Ok(Stream::parse(text)?
+        .documents()
+        .filter_map(|d| d.value.clone())
+        .collect())
+}
+
+/// A stream of manifests, each document with the text it was read from, so that a document
+/// the caller leaves alone is written back byte for byte (comments, quoting and all).
+#[derive(Debug)]
+pub struct Stream<'a> {
+    pieces: Vec<Piece<'a>>,
+}
+
+#[derive(Debug)]
+enum Piece<'a> {
+    /// A `---` or `...` marker line, with its line break.
+    Marker(&'a str),
+    Document(Document<'a>),
+}
+
+/// One document of a [`Stream`].
+#[derive(Debug)]
+pub struct Document<'a> {
+    /// The original text, from the end of the marker that opens it (or the start of the
+    /// stream) to the start of the next marker.
+    pub text: &'a str,
+    /// What kubectl reads from it; `None` for a document with no content.
+    pub value: Option<Value>,
+    /// Its 1-based position among the stream's documents, for messages.
+    pub number: usize,
+}
+
+impl<'a> Stream<'a> {
+    /// Splits the stream at its document markers and reads each document.
+    ///
+    /// A line that starts with `---` or `...` followed by a blank (or the end of the line) is
+    /// always a marker: YAML forbids both at the start of a line inside a document, even in a
+    /// block or quoted scalar.
+    pub fn parse(text: &'a str) -> Result<Stream<'a>, YamlError> {
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        let mut line_start = 0;
+        let mut opened_by_dashes = false;
+        let mut number = 0;
+        let mut first_line = 1;
+        let mut line = 1;
+        let mut finish = |pieces: &mut Vec<Piece<'a>>,
+                          chunk: &'a str,
+                          explicit: bool,
+                          first_line: usize|
+         -> Result<(), YamlError> {
+            let content = has_content(chunk);
+            if !content && !explicit {
+                if !chunk.is_empty() {
+                    pieces.push(Piece::Document(Document {
+                        text: chunk,
+                        value: None,
+                        number: 0,
+                    }));
+                }
+                return Ok(());
+            }
+            number += 1;
+            let value = read_document(chunk, number, first_line)?;
+            pieces.push(Piece::Document(Document {
+                text: chunk,
+                value: value.filter(|v| !v.is_null()),
+                number,
+            }));
+            Ok(())
+        };
+        while line_start < text.len() {
+            let end = text[line_start..]
+                .find('\n')
+                .map_or(text.len(), |i| line_start + i + 1);
+            let this = &text[line_start..end];
+            if let Some(marker_len) = marker(this) {
+                finish(
+                    &mut pieces,
+                    &text[start..line_start],
+                    opened_by_dashes,
+                    first_line,
+                )?;
+                opened_by_dashes = this.starts_with("---");
+                // What follows `---` on its line (`--- # comment`, `--- !tag`) opens the
+                // next document.
+                let marker_end = line_start + marker_len;
+                let rest = &text[marker_end..end];
+                if rest.trim().is_empty() || this.starts_with("...") {
+                    pieces.push(Piece::Marker(this));
+                    start = end;
+                    first_line = line + 1;
+                } else {
+                    pieces.push(Piece::Marker(&text[line_start..marker_end]));
+                    start = marker_end;
+                    first_line = line;
+                }
+            }
+            line_start = end;
+            line += 1;
         }
+        finish(&mut pieces, &text[start..], opened_by_dashes, first_line)?;
+        Ok(Stream { pieces })
     }
-    Ok(docs)
+
+    /// The documents, in order (empty ones included, with no value).
+    pub fn documents(&self) -> impl Iterator<Item = &Document<'a>> {
+        self.pieces.iter().filter_map(|p| match p {
+            Piece::Document(d) => Some(d),
+            Piece::Marker(_) => None,
+        })
+    }
+
+    /// The stream again, with each document for which `replace` gives a value written anew (its
+    /// leading comment lines kept) and every other byte as it came.
+    pub fn write(&self, mut replace: impl FnMut(&Document<'a>) -> Option<Value>) -> String {
+        let mut out = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Marker(text) => {
+                    if !out.is_empty() && !out.ends_with('\n') {
+                        out.push('\n');
+                    }
+                    out.push_str(text);
+                }
+                Piece::Document(doc) => match replace(doc) {
+                    None => out.push_str(doc.text),
+                    Some(value) => {
+                        let comments = leading_comments(doc.text);
+                        // `--- # comment` keeps its comment on the marker's line.
+                        let inline_comment = comments.trim_start_matches(' ').starts_with('#');
+                        if !out.is_empty() && !out.ends_with('\n') && !inline_comment {
+                            out.push('\n');
+                        }
+                        out.push_str(comments);
+                        out.push_str(&to_string(&value));
+                    }
+                },
+            }
+        }
+        out
+    }
+}
+
+/// The length of the marker when `line` is a `---` or `...` marker line.
+fn marker(line: &str) -> Option<usize> {
+    let is_marker = |m: &str| {
+        line.strip_prefix(m)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
+    };
+    (is_marker("---") || is_marker("...")).then_some(3)
+}
+
+/// Whether a document's text holds anything but blank lines and comments.
+fn has_content(text: &str) -> bool {
+    text.lines().any(|l| {
+        let t = l.trim();
+        !t.is_empty() && !t.starts_with('#')
+    })
+}
+
+/// The blank and comment lines that open a document (Helm's `# Source:` line).
+fn leading_comments(text: &str) -> &str {
+    let mut end = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if !(t.is_empty() || t.starts_with('#')) || !line.ends_with('\n') {
+            break;
+        }
+        end += line.len();
+    }
+    &text[..end]
+}
+
+/// Reads one document's text the way kubectl does. `first_line` is where it starts in the
+/// stream, for messages.
+fn read_document(text: &str, number: usize, first_line: usize) -> Result<Option<Value>, YamlError> {
+    use serde::de::DeserializeSeed;
+    let error = |e: serde_yaml_ng::Error| YamlError {
+        document: number,
+        line: e.location().map(|l| l.line() + first_line - 1),
+        message: strip_location(&e.to_string()),
+    };
+    let mut value = None;
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        if value.is_some() {
+            // Cannot happen: the stream was split at every marker.
+            return Err(YamlError {
+                document: number,
+                line: None,
+                message: "more than one document between markers".into(),
+            });
+        }
+        value = Some(
+            kube::Kube { source: text }
+                .deserialize(doc)
+                .map_err(error)?,
+        );
+    }
+    Ok(value)
 }
 
 /// Parses one YAML (or JSON) document.
@@ -66,10 +253,10 @@ pub fn parse_rendered(text: &str) -> Result<Value, YamlError> {
     }
 }
 
-/// Writes one value as a YAML document (no leading `---`).
+/// Writes one value as a YAML document (no leading `---`) that YAML 1.1 readers (kubectl) and
+/// YAML 1.2 readers both take back as the same value (see [`emit`]).
 pub fn to_string(value: &Value) -> String {
-    // Serializing a serde_json::Value cannot fail: every key is a string.
-    serde_yaml_ng::to_string(value).unwrap_or_default()
+    emit::document(value)
 }
 
 /// Writes documents separated by `---`, as `kubectl` and `istioctl kube-inject` print them.
@@ -116,5 +303,49 @@ mod tests {
     fn round_trip_keeps_strings_that_look_like_numbers() {
         let v = serde_json::json!({"port": "15001", "n": 1, "s": "a: b\n- c"});
         assert_eq!(parse_one(&to_string(&v)).unwrap(), v);
+    }
+
+    #[test]
+    fn reads_scalars_as_kubectl_does() {
+        let docs = parse_documents(
+            "a: yes\nb: \"yes\"\nc: 0400\nd: '0400'\ne: 1_000\nf: on\ny: 1\n0x10: k\ng: 1e3\nh: |\n  no\n",
+        )
+        .unwrap();
+        assert_eq!(
+            docs,
+            vec![
+                serde_json::json!({"a": true, "b": "yes", "c": 256, "d": "0400", "e": 1000,
+                "f": true, "true": 1, "16": "k", "g": 1000, "h": "no\n"})
+            ]
+        );
+        let err = parse_documents("a: 1\n---\nb: .inf\n").unwrap_err();
+        assert_eq!((err.document, err.line), (2, Some(3)), "{err}");
+        assert!(parse_documents("base: &b {x: 1}\nm:\n  <<: *b\n").is_err());
+    }
+
+    #[test]
+    fn documents_left_alone_are_written_back_byte_for_byte() {
+        let text = "# leading comment\n---\n# Source: a.yaml\napiVersion: v1\nkind: ConfigMap\ndata: {a: yes, b: 0400}  # note\n--- # inline\nkind: Pod\nmetadata: {name: p}\n...\n---\n\n# only a comment\n---\nlast: doc";
+        let stream = Stream::parse(text).unwrap();
+        let values: Vec<_> = stream.documents().map(|d| d.value.clone()).collect();
+        assert_eq!(values.len(), 5, "{values:?}");
+        assert_eq!(values.iter().flatten().count(), 3);
+        assert_eq!(stream.write(|_| None), text);
+        // A replaced document keeps its leading comments and the markers around it.
+        let out = stream.write(|d| {
+            (d.value.as_ref().and_then(|v| v.get("kind")) == Some(&Value::from("Pod")))
+                .then(|| serde_json::json!({"kind": "Pod", "x": "on"}))
+        });
+        assert_eq!(
+            out,
+            "# leading comment\n---\n# Source: a.yaml\napiVersion: v1\nkind: ConfigMap\ndata: {a: yes, b: 0400}  # note\n--- # inline\nkind: Pod\nx: 'on'\n...\n---\n\n# only a comment\n---\nlast: doc"
+        );
+        let last = stream.write(|d| {
+            d.value
+                .as_ref()
+                .filter(|v| v.get("last").is_some())
+                .cloned()
+        });
+        assert!(last.ends_with("---\nlast: doc\n"), "{last}");
     }
 }

@@ -414,42 +414,17 @@ pub fn decide(
 /// The pod it judges is already injected, so most of it (native or classic, hold, CNI, image)
 /// is read from the pod itself.
 fn pod_context(config: &Config, review: &Review, native_sidecars: bool) -> PodContext {
-    let flag = |doc: &Value, pointer: &str| doc.pointer(pointer).and_then(Value::as_bool);
-    PodContext {
-        native_sidecars,
-        hold_application: flag(
-            config.mesh(),
-            "/defaultConfig/holdApplicationUntilProxyStarts",
-        )
-        .unwrap_or(false),
-        cni: flag(config.values(), "/istio_cni/enabled").unwrap_or(false),
-        distroless_proxy: config
-            .values()
-            .pointer("/global/variant")
-            .and_then(Value::as_str)
-            == Some("distroless"),
-        namespace: review.namespace.clone(),
-        ..PodContext::default()
-    }
+    PodContext::for_config(config, native_sidecars, review.namespace.clone())
 }
 
-/// The enabled guardrail findings for the injected pod. A Job the engine already warned about
-/// is not reported a second time as `job-never-completes`.
+/// The enabled guardrail findings for the injected pod (the same `inject` prints).
 fn findings(
     config: &Config,
     injected: &Value,
     ctx: &PodContext,
     engine_warnings: &[String],
 ) -> Vec<analyze::Finding> {
-    let job_warned = inject::jobs::job_owner(injected)
-        .is_some_and(|owner| engine_warnings.contains(&inject::jobs::job_warning(&owner)));
-    analyze::analyze_pod(injected, ctx)
-        .into_iter()
-        // Info findings are for `analyze`; admission warnings are kept for what is likely to break.
-        .filter(|f| f.severity >= analyze::Severity::Warning)
-        .filter(|f| config.finding_enabled(f.id))
-        .filter(|f| !(job_warned && f.id == analyze::JOB_NEVER_COMPLETES))
-        .collect()
+    analyze::injected_pod_warnings(config, injected, ctx, engine_warnings)
 }
 
 /// The AdmissionReview that answers `review` with `decision`, as JSON text.

@@ -26,20 +26,52 @@ pub fn pod_template_location(kind: &str) -> Option<(&'static str, &'static str)>
     }
 }
 
-/// What happened to one workload of a document.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
+/// What the injector decides for one workload: the engine's own answer (the same call the
+/// webhook makes), or why the engine could not be asked.
+#[derive(Debug)]
+pub enum Decision {
+    /// Injected: the workload with its pod template injected, and the engine's warnings.
     Injected {
-        object: String,
+        doc: Value,
         warnings: Vec<String>,
     },
-    Skipped {
-        object: String,
-        reason: SkipReason,
+    Skipped(SkipReason),
+    Denied(Denial),
+    /// The injector itself failed (the webhook answers HTTP 500, so `failurePolicy` decides).
+    Failed(InjectError),
+    /// A workload kind without its pod template (`spec.template` missing or not a mapping).
+    NoPodTemplate {
+        field: String,
     },
 }
 
-/// Why a document could not be injected.
+/// One workload of a manifest and what the injector decides for it.
+#[derive(Debug)]
+pub struct Decided {
+    /// `Kind/namespace/name`.
+    pub object: String,
+    pub kind: String,
+    /// The namespace the pod would be created in (`default` when the manifest has none).
+    pub namespace: String,
+    pub decision: Decision,
+}
+
+impl Decided {
+    /// The pod template after injection, when it was injected.
+    pub fn injected_template(&self) -> Option<&Value> {
+        let Decision::Injected { doc, .. } = &self.decision else {
+            return None;
+        };
+        let (path, _) = pod_template_location(&self.kind)?;
+        if path.is_empty() {
+            Some(doc)
+        } else {
+            doc.pointer(path)
+        }
+    }
+}
+
+/// Why a workload could not be injected, for messages.
 #[derive(Debug, thiserror::Error)]
 pub enum DocumentError {
     #[error("{object}: {denial}")]
@@ -50,8 +82,30 @@ pub enum DocumentError {
         #[source]
         source: InjectError,
     },
-    #[error("{object}: {message}")]
-    Shape { object: String, message: String },
+    #[error("{object}: has no pod template at {field}")]
+    Shape { object: String, field: String },
+}
+
+impl Decided {
+    /// The error `inject` stops on, if any.
+    pub fn error(&self) -> Option<DocumentError> {
+        let object = self.object.clone();
+        match &self.decision {
+            Decision::Denied(denial) => Some(DocumentError::Denied {
+                object,
+                denial: denial.clone(),
+            }),
+            Decision::Failed(source) => Some(DocumentError::Engine {
+                object,
+                source: source.clone(),
+            }),
+            Decision::NoPodTemplate { field } => Some(DocumentError::Shape {
+                object,
+                field: field.clone(),
+            }),
+            Decision::Injected { .. } | Decision::Skipped(_) => None,
+        }
+    }
 }
 
 /// `Kind/namespace/name` for messages.
@@ -69,49 +123,45 @@ pub fn describe(doc: &Value) -> String {
     }
 }
 
-/// Injects every workload of one document (recursing into `kind: List`); other kinds pass
-/// through unchanged.
-pub fn inject_document(
-    config: &Config,
-    doc: &Value,
-    native_sidecars: bool,
-    events: &mut Vec<Event>,
-) -> Result<Value, DocumentError> {
+/// Whether `doc` is a list of objects (`kind: List`, `DeploymentList`, ...) whose items are
+/// injected one by one.
+pub fn is_list(doc: &Value) -> bool {
     let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
-    if kind == "List" || kind.ends_with("List") && doc.get("items").is_some_and(Value::is_array) {
-        let mut out = doc.clone();
-        if let Some(items) = out.get_mut("items").and_then(Value::as_array_mut) {
-            for item in items.iter_mut() {
-                *item = inject_document(config, item, native_sidecars, events)?;
-            }
-        }
-        return Ok(out);
-    }
-    let Some((path, _)) = pod_template_location(kind) else {
-        return Ok(doc.clone());
-    };
+    kind == "List" || kind.ends_with("List") && doc.get("items").is_some_and(Value::is_array)
+}
+
+/// Runs the engine on the pod template of one workload document (not a list): what the
+/// webhook would answer for its pods. `None` for kinds that hold no pod.
+pub fn decide(config: &Config, doc: &Value, native_sidecars: bool) -> Option<Decided> {
+    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
+    let (path, prefix) = pod_template_location(kind)?;
     let object = describe(doc);
-    let template = if path.is_empty() {
-        Some(doc)
-    } else {
-        doc.pointer(path)
-    };
-    let Some(template) = template.filter(|t| t.is_object()) else {
-        return Err(DocumentError::Shape {
-            object,
-            message: format!(
-                "has no pod template at {}",
-                path.replace('/', ".").trim_start_matches('.')
-            ),
-        });
-    };
     let get = |p: &str| {
         doc.pointer(p)
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string()
     };
-    let namespace = get("/metadata/namespace");
+    let namespace = match get("/metadata/namespace") {
+        ns if ns.is_empty() => "default".to_string(),
+        ns => ns,
+    };
+    let decided = |decision| Decided {
+        object: object.clone(),
+        kind: kind.to_string(),
+        namespace: namespace.clone(),
+        decision,
+    };
+    let template = if path.is_empty() {
+        Some(doc)
+    } else {
+        doc.pointer(path)
+    };
+    let Some(template) = template.filter(|t| t.is_object()) else {
+        return Some(decided(Decision::NoPodTemplate {
+            field: prefix.trim_end_matches('.').to_string(),
+        }));
+    };
     // A Pod's workload is found from its owner references, as the webhook finds it (and as
     // `istioctl kube-inject` does); a workload's pod template belongs to the workload.
     let workload = (kind != "Pod").then(|| Workload {
@@ -126,33 +176,59 @@ pub fn inject_document(
     });
     let req = Request {
         pod: template,
-        namespace: Some(if namespace.is_empty() {
-            "default"
-        } else {
-            &namespace
-        }),
+        namespace: Some(&namespace),
         workload,
         native_sidecars,
     };
-    match inject::inject(config, &req) {
+    let decision = match inject::inject(config, &req) {
         Ok(Outcome::Injected(injected)) => {
-            events.push(Event::Injected {
-                object,
-                warnings: injected.warnings,
-            });
             let mut out = doc.clone();
             if path.is_empty() {
                 out = injected.pod;
             } else if let Some(slot) = out.pointer_mut(path) {
                 *slot = injected.pod;
             }
-            Ok(out)
+            Decision::Injected {
+                doc: out,
+                warnings: injected.warnings,
+            }
         }
-        Ok(Outcome::Skipped(reason)) => {
-            events.push(Event::Skipped { object, reason });
-            Ok(doc.clone())
+        Ok(Outcome::Skipped(reason)) => Decision::Skipped(reason),
+        Ok(Outcome::Denied(denial)) => Decision::Denied(denial),
+        Err(source) => Decision::Failed(source),
+    };
+    Some(decided(decision))
+}
+
+/// Injects every workload of one document (recursing into lists), recording each decision
+/// in `decided`; other kinds, and skipped workloads, stay as they are. `Err` when a workload
+/// is refused or cannot be injected.
+pub fn inject_document(
+    config: &Config,
+    doc: &Value,
+    native_sidecars: bool,
+    decided: &mut Vec<Decided>,
+) -> Result<Value, DocumentError> {
+    if is_list(doc) {
+        let mut out = doc.clone();
+        if let Some(items) = out.get_mut("items").and_then(Value::as_array_mut) {
+            for item in items.iter_mut() {
+                *item = inject_document(config, item, native_sidecars, decided)?;
+            }
         }
-        Ok(Outcome::Denied(denial)) => Err(DocumentError::Denied { object, denial }),
-        Err(source) => Err(DocumentError::Engine { object, source }),
+        return Ok(out);
     }
+    let Some(d) = decide(config, doc, native_sidecars) else {
+        return Ok(doc.clone());
+    };
+    if let Some(err) = d.error() {
+        decided.push(d);
+        return Err(err);
+    }
+    let out = match &d.decision {
+        Decision::Injected { doc: injected, .. } => injected.clone(),
+        _ => doc.clone(),
+    };
+    decided.push(d);
+    Ok(out)
 }

@@ -102,6 +102,9 @@ pub const DISTROLESS_DRAIN_HOOK: &str = "distroless-drain-hook";
 pub const PORT_NAME_PROTOCOL: &str = "port-name-protocol";
 pub const PORT_PROTOCOL_MISMATCH: &str = "port-protocol-mismatch";
 pub const HEADLESS_STATEFULSET: &str = "headless-statefulset";
+pub const NOT_INJECTED: &str = "not-injected";
+pub const INJECTION_REFUSED: &str = "injection-refused";
+pub const NO_POD_TEMPLATE: &str = "no-pod-template";
 
 /// Every finding this module can return. Ids are stable: renaming one breaks users' config and
 /// dashboards.
@@ -155,6 +158,21 @@ pub const CATALOGUE: &[FindingKind] = &[
         id: HEADLESS_STATEFULSET,
         severity: Severity::Info,
         title: "a headless Service selects StatefulSet pods",
+    },
+    FindingKind {
+        id: NOT_INJECTED,
+        severity: Severity::Info,
+        title: "the injector skips this workload (an opt-out, host networking, a selector...)",
+    },
+    FindingKind {
+        id: INJECTION_REFUSED,
+        severity: Severity::Error,
+        title: "the webhook refuses this workload's pods (invalid injection annotations)",
+    },
+    FindingKind {
+        id: NO_POD_TEMPLATE,
+        severity: Severity::Error,
+        title: "a workload without a pod template",
     },
 ];
 

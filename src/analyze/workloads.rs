@@ -8,6 +8,8 @@ use super::fields::{at, object_name, str_at, string_map};
 /// A workload and its pod template.
 #[derive(Debug)]
 pub struct Workload<'a> {
+    /// The whole object.
+    pub doc: &'a Value,
     pub kind: &'a str,
     /// `Kind/namespace/name`.
     pub name: String,
@@ -34,6 +36,8 @@ pub struct Service<'a> {
 #[derive(Debug)]
 pub enum Object<'a> {
     Workload(Workload<'a>),
+    /// A workload kind whose pod template is missing or not a mapping.
+    NoTemplate(&'a Value),
     Service(Service<'a>),
 }
 
@@ -73,9 +77,11 @@ fn collect_one<'a>(doc: &'a Value, out: &mut Vec<Object<'a>>) {
     };
     let path: Vec<&str> = prefix.split('.').filter(|s| !s.is_empty()).collect();
     let Some(template) = at(doc, &path).filter(|t| t.is_object()) else {
+        out.push(Object::NoTemplate(doc));
         return;
     };
     out.push(Object::Workload(Workload {
+        doc,
         kind,
         name: object_name(kind, doc, None),
         namespace,
@@ -107,6 +113,7 @@ mod tests {
             .iter()
             .map(|o| match o {
                 Object::Workload(w) => format!("{} {}", w.name, w.prefix),
+                Object::NoTemplate(doc) => format!("no template: {}", doc["metadata"]["name"]),
                 Object::Service(s) => s.name.clone(),
             })
             .collect();
@@ -115,7 +122,8 @@ mod tests {
             [
                 "CronJob/c spec.jobTemplate.spec.template.",
                 "Deployment/n/d spec.template.",
-                "Service/s"
+                "Service/s",
+                "no template: \"no-template\""
             ]
         );
     }

@@ -1,7 +1,8 @@
 //! `sidecar-injector analyze`: the guardrail findings over manifests, for people and for CI.
 //!
-//! Exit codes: 0 when no finding reaches `--fail-on`, 1 when one does, 2 when the input cannot
-//! be read or the arguments are wrong (the message names the file, document and line).
+//! Each workload first goes through the injector's decision, as `inject` and the webhook make
+//! it (the same configuration flags as `inject`): skipped workloads get one `info` line saying
+//! why, refused ones an `error` with the webhook's message, and only injected ones are checked.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -11,8 +12,15 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::Value;
 
-use crate::analyze::{self, AnalyzeOptions, Finding, Severity};
-use crate::config::{Config, NativeMode};
+use super::inject::ConfigArgs;
+use crate::analyze::{self, AnalyzeOptions, Finding, PodContext, Severity};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  no finding reaches --fail-on
+  1  a finding reaches --fail-on
+  2  an input, the configuration or the arguments cannot be read (the message names the file,
+     document and line); the other inputs are still analyzed and reported";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -22,12 +30,14 @@ pub enum Output {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FailOn {
-    Error,
+    Info,
     Warning,
+    Error,
     Never,
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXIT_CODES)]
 pub struct AnalyzeArgs {
     /// Manifest file, directory (searched recursively for *.yaml, *.yml, *.json) or `-` for
     /// stdin. Repeatable; all inputs are analyzed together, so a Service in one file is checked
@@ -45,32 +55,30 @@ pub struct AnalyzeArgs {
     /// Exit with 1 when a finding of this severity or worse is found.
     #[arg(long, value_enum, default_value_t = FailOn::Error)]
     pub fail_on: FailOn,
-    /// Whether the injector runs istio-proxy as a native sidecar. Default: the config's
-    /// setting when `--config` is given, else false.
-    #[arg(long, value_name = "true|false")]
-    pub native_sidecars: Option<bool>,
     /// The mesh holds application containers until the proxy is ready
-    /// (`holdApplicationUntilProxyStarts`).
+    /// (`holdApplicationUntilProxyStarts`), whatever the mesh config says.
     #[arg(long)]
     pub hold_application_until_proxy_starts: bool,
-    /// The cluster uses istio-cni instead of the istio-init container.
+    /// The cluster uses istio-cni instead of the istio-init container, whatever the values say.
     #[arg(long)]
     pub cni: bool,
-    /// The proxy image is the distroless variant.
+    /// The proxy image is the distroless variant, whatever the values say.
     #[arg(long)]
     pub distroless: bool,
     /// Leave out a finding by id. Repeatable.
     #[arg(long = "disable", value_name = "ID")]
     pub disabled: Vec<String>,
-    /// A ConfigMap directory (files `config`, `values`, `mesh`): its `findings.disabled` list
-    /// and native-sidecar setting apply.
-    #[arg(long, value_name = "DIR")]
-    pub config: Option<PathBuf>,
+    /// The injector's configuration, as for `inject`; the config's `findings.disabled` list
+    /// applies too.
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 pub fn run(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     match analyze(&args) {
-        Ok(failed) => Ok(if failed {
+        Ok((failed, unreadable)) => Ok(if unreadable {
+            ExitCode::from(2)
+        } else if failed {
             ExitCode::from(1)
         } else {
             ExitCode::SUCCESS
@@ -82,8 +90,8 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Returns whether a finding reached `--fail-on`.
-fn analyze(args: &AnalyzeArgs) -> anyhow::Result<bool> {
+/// Returns whether a finding reached `--fail-on`, and whether an input could not be read.
+fn analyze(args: &AnalyzeArgs) -> anyhow::Result<(bool, bool)> {
     for id in &args.disabled {
         if analyze::kind(id).is_none() {
             let known: Vec<&str> = analyze::CATALOGUE.iter().map(|k| k.id).collect();
@@ -93,28 +101,25 @@ fn analyze(args: &AnalyzeArgs) -> anyhow::Result<bool> {
             );
         }
     }
-    let config = match &args.config {
-        Some(dir) => Some(
-            Config::load_dir(dir).with_context(|| format!("loading config {}", dir.display()))?,
-        ),
-        None => None,
-    };
-    let native = args
-        .native_sidecars
-        .unwrap_or_else(|| config.as_ref().map(Config::native_mode) == Some(NativeMode::Enabled));
+    let loaded = args.config.load()?;
+    let config = &loaded.config;
+    for warning in config.warnings() {
+        eprintln!("warning: {warning}");
+    }
+    let from_config = PodContext::for_config(config, loaded.native, None);
     let opts = AnalyzeOptions {
-        native_sidecars: native,
-        hold_application: args.hold_application_until_proxy_starts,
-        cni: args.cni,
-        distroless_proxy: args.distroless,
+        native_sidecars: loaded.native,
+        hold_application: args.hold_application_until_proxy_starts || from_config.hold_application,
+        cni: args.cni || from_config.cni,
+        distroless_proxy: args.distroless || from_config.distroless_proxy,
         ..AnalyzeOptions::default()
     };
 
-    let docs = read_inputs(&args.files)?;
-    let findings: Vec<Finding> = analyze::analyze_documents(&docs, &opts)
+    let (docs, unreadable) = read_inputs(&args.files);
+    let findings: Vec<Finding> = analyze::analyze_documents(&docs, config, &opts)
         .into_iter()
         .filter(|f| !args.disabled.iter().any(|d| d == f.id))
-        .filter(|f| config.as_ref().is_none_or(|c| c.finding_enabled(f.id)))
+        .filter(|f| config.finding_enabled(f.id))
         .collect();
 
     let text = match args.output {
@@ -124,34 +129,52 @@ fn analyze(args: &AnalyzeArgs) -> anyhow::Result<bool> {
     std::io::stdout().lock().write_all(text.as_bytes())?;
 
     let threshold = match args.fail_on {
+        FailOn::Info => Some(Severity::Info),
         FailOn::Error => Some(Severity::Error),
         FailOn::Warning => Some(Severity::Warning),
         FailOn::Never => None,
     };
-    Ok(threshold.is_some_and(|t| findings.iter().any(|f| f.severity >= t)))
+    let failed = threshold.is_some_and(|t| findings.iter().any(|f| f.severity >= t));
+    Ok((failed, unreadable > 0))
 }
 
-/// All documents of all inputs, in the order given (directory entries sorted by path).
-fn read_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<Value>> {
+/// All documents of all inputs, in the order given (directory entries sorted by path), and
+/// how many inputs could not be read. An input that cannot be read is reported on standard
+/// error and left out; the others are still read.
+fn read_inputs(inputs: &[PathBuf]) -> (Vec<Value>, usize) {
     let mut docs = Vec::new();
+    let mut unreadable = 0;
+    let mut read = |source: &str, text: anyhow::Result<String>| match text
+        .and_then(|text| parse(source, &text))
+    {
+        Ok(found) => docs.extend(found),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            unreadable += 1;
+        }
+    };
     for input in inputs {
         if input.as_os_str() == "-" {
             let mut text = String::new();
-            std::io::stdin()
+            let result = std::io::stdin()
                 .read_to_string(&mut text)
-                .context("reading stdin")?;
-            docs.extend(parse("<stdin>", &text)?);
+                .map(|_| text)
+                .context("<stdin>: cannot read");
+            read("<stdin>", result);
         } else if input.is_dir() {
-            for file in manifest_files(input)? {
-                let text = read_file(&file)?;
-                docs.extend(parse(&file.display().to_string(), &text)?);
+            match manifest_files(input) {
+                Ok(files) => {
+                    for file in files {
+                        read(&file.display().to_string(), read_file(&file));
+                    }
+                }
+                Err(err) => read(&input.display().to_string(), Err(err)),
             }
         } else {
-            let text = read_file(input)?;
-            docs.extend(parse(&input.display().to_string(), &text)?);
+            read(&input.display().to_string(), read_file(input));
         }
     }
-    Ok(docs)
+    (docs, unreadable)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<String> {

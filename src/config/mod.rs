@@ -82,6 +82,9 @@ pub struct Config {
     /// Template output reused for pods that read alike (a pure memo; see `inject::renders`).
     pub(crate) renders: crate::inject::renders::RenderMemo,
     native_mode: NativeMode,
+    /// What loaded but looks wrong (an unknown ProxyConfig key): the server logs these at
+    /// load, the CLI prints them on standard error.
+    warnings: Vec<String>,
 }
 
 /// The mesh's default ProxyConfig, and what templates see of it, computed once per load.
@@ -147,7 +150,7 @@ impl Config {
         let mesh = merged_over(defaults::MESH, &sources.mesh, "mesh")?;
         let native_mode = native_mode_of(&values)?;
         check_values(&values)?;
-        check_mesh(&mesh)?;
+        let warnings = check_mesh(&mesh)?;
         let templates = Templates::compile(&injection.templates)?;
         injection.check_template_names(&templates)?;
         Ok(Config {
@@ -160,6 +163,7 @@ impl Config {
             mesh,
             templates,
             native_mode,
+            warnings,
         })
     }
 
@@ -205,6 +209,11 @@ impl Config {
     /// (`true`, `false` or `auto`; absent means `auto`, as istiod's default).
     pub fn native_mode(&self) -> NativeMode {
         self.native_mode
+    }
+
+    /// What loaded but looks wrong, one sentence each (see [`Config`]'s `warnings`).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Whether the guardrail finding `id` is switched on (all are, unless the `config` key lists
@@ -315,7 +324,7 @@ fn check_values(values: &Value) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_mesh(mesh: &Value) -> Result<(), ConfigError> {
+fn check_mesh(mesh: &Value) -> Result<Vec<String>, ConfigError> {
     let invalid = |message: String| ConfigError::Invalid {
         key: "mesh".into(),
         line: None,
@@ -343,7 +352,7 @@ fn check_mesh(mesh: &Value) -> Result<(), ConfigError> {
             )));
         }
     }
-    Ok(())
+    Ok(Vec::new())
 }
 
 #[cfg(test)]

@@ -52,12 +52,17 @@ pub fn job_warning(owner: &JobOwner) -> String {
         Some(cronjob) => format!("CronJob {cronjob:?}"),
         None => format!("Job {:?}", owner.job),
     };
-    format!(
-        "pods of {subject} never complete while the istio-proxy sidecar runs. Fix: annotation \
-         sidecar.istio.io/nativeSidecar: \"true\" (Kubernetes 1.29+) or \
-         sidecarInjectorWebhook.nativeSidecarsForJobs: true, or the app POSTs \
-         http://localhost:15020/quitquitquit at exit"
-    )
+    format!("pods of {subject}{JOB_WARNING_TAIL}")
+}
+
+const JOB_WARNING_TAIL: &str = " never complete while the istio-proxy sidecar runs. Fix: annotation \
+     sidecar.istio.io/nativeSidecar: \"true\" (Kubernetes 1.29+) or \
+     sidecarInjectorWebhook.nativeSidecarsForJobs: true, or the app POSTs \
+     http://localhost:15020/quitquitquit at exit";
+
+/// Whether an engine warning is the one [`job_warning`] writes.
+pub fn is_job_warning(text: &str) -> bool {
+    text.starts_with("pods of ") && text.ends_with(JOB_WARNING_TAIL)
 }
 
 #[cfg(test)]

@@ -139,7 +139,7 @@ pub struct Workload {
 }
 
 /// A failure of the injector itself, not of the user's pod annotations.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum InjectError {
     /// The object is not a pod we can read (not a JSON object, `spec.containers` not a list).
     #[error("the pod cannot be read: {0}")]

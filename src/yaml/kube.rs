@@ -241,7 +241,7 @@ fn float_key(f: f64) -> String {
     let exp: i32 = exp.parse().unwrap_or(0);
     let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
     let sign = if single.is_sign_negative() { "-" } else { "" };
-    if exp < -4 || exp >= 6 {
+    if !(-4..6).contains(&exp) {
         let mut out = format!("{sign}{}", &digits[..1]);
         if digits.len() > 1 {
             out.push('.');
@@ -286,10 +286,11 @@ impl<'s> Kube<'s> {
         let start = at - base;
         let end = start + v.len();
         let bytes = self.source.as_bytes();
-        match (start.checked_sub(1).map(|i| bytes[i]), bytes.get(end)) {
-            (Some(open @ (b'\'' | b'"')), Some(close)) if open == *close => false,
-            _ => true,
-        }
+        let quoted = matches!(
+            (start.checked_sub(1).map(|i| bytes[i]), bytes.get(end)),
+            (Some(open @ (b'\'' | b'"')), Some(close)) if open == *close
+        );
+        !quoted
     }
 }
 

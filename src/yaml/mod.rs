@@ -201,10 +201,18 @@ fn leading_comments(text: &str) -> &str {
 /// stream, for messages.
 fn read_document(text: &str, number: usize, first_line: usize) -> Result<Option<Value>, YamlError> {
     use serde::de::DeserializeSeed;
+    // `{{ .Values.x }}` reads as a flow mapping inside a flow mapping, which is an error far from
+    // the cause: say what it is.
+    let helm = text.contains("{{") && text.contains("}}");
     let error = |e: serde_yaml_ng::Error| YamlError {
         document: number,
         line: e.location().map(|l| l.line() + first_line - 1),
-        message: strip_location(&e.to_string()),
+        message: match strip_location(&e.to_string()) {
+            m if helm => format!(
+                "looks like an unrendered Helm template: run `helm template` first (the YAML reader says: {m})"
+            ),
+            m => m,
+        },
     };
     let mut value = None;
     for doc in serde_yaml_ng::Deserializer::from_str(text) {

@@ -10,6 +10,17 @@ if ! command -v curl >/dev/null 2>&1; then
     (apt-get update -qq && apt-get install -y -qq curl) >/dev/null
 fi
 
+# tests/yaml_readers.rs reads every output of `inject` with a YAML 1.1 reader (PyYAML), as
+# kubectl reads YAML 1.1.
+if ! python3 -c 'import yaml' >/dev/null 2>&1; then
+    echo "installing PyYAML for the YAML 1.1 reading test"
+    if command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1; then
+        python3 -m pip install -q pyyaml
+    else
+        (apt-get update -qq && apt-get install -y -qq python3 python3-yaml) >/dev/null
+    fi
+fi
+
 HELM="$(scripts/install-helm.sh)"
 export HELM
 

@@ -1,0 +1,217 @@
+//! What `inject` writes means to YAML 1.1 readers what it meant in the input.
+//!
+//! kubectl reads YAML 1.1 (go-yaml v2): the checks here read our output with PyYAML, the YAML
+//! 1.1 reader at hand (`tests/yaml11_read.py`; `scripts/test.sh` installs it), in two ways:
+//!
+//! - with go-yaml v2's resolution of plain scalars (kubectl's reading), the whole output,
+//!   documents passed through as written included, must equal what `inject -o json` says it
+//!   wrote;
+//! - with PyYAML's own rules, every document as our writer writes it must read back as the same
+//!   JSON.
+//!
+//! Over every golden case and `tests/golden/yaml/tricky-scalars.yaml`, whose reading by kubectl
+//! itself is recorded in `tricky-scalars.kubectl.json` and must equal ours.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tricky() -> PathBuf {
+    root().join("tests/golden/yaml/tricky-scalars.yaml")
+}
+
+fn inject(dir: &Path, args: &[String]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sidecar-injector"))
+        .current_dir(dir)
+        .arg("inject")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the binary");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The flags a golden case asks for in its `# golden:` line.
+fn golden_flags(text: &str) -> Vec<String> {
+    let header = text.lines().next().unwrap_or("");
+    let mut args = Vec::new();
+    for item in header
+        .strip_prefix("# golden:")
+        .unwrap_or("")
+        .split_whitespace()
+    {
+        let (k, v) = item.split_once('=').expect("golden option");
+        let flag = match k {
+            "native" => "--native-sidecars",
+            "values" => "--values",
+            "mesh" => "--mesh",
+            "revision" => "--revision",
+            other => panic!("unknown golden option {other}"),
+        };
+        args.extend([flag.to_string(), v.to_string()]);
+    }
+    args
+}
+
+fn json_stream(text: &str) -> Vec<Value> {
+    serde_json::Deserializer::from_str(text)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .expect("JSON documents")
+}
+
+/// Runs the YAML 1.1 reader; `Err` with its message when the reading differs.
+fn read_with_yaml_1_1(mode: &str, yaml: &Path, json: &Path) -> Result<(), String> {
+    let out = Command::new("python3")
+        .arg(root().join("tests/yaml11_read.py"))
+        .args([mode.as_ref(), yaml.as_os_str(), json.as_os_str()])
+        .output()
+        .expect("python3 with PyYAML is needed here; scripts/test.sh installs it");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+#[test]
+fn our_reading_of_the_tricky_scalars_is_kubectls() {
+    // The record was made with every document's kind replaced by an unknown one, so that
+    // kubectl keeps the values as read (scripts/record-kubectl-reading.sh); do the same here.
+    let text = std::fs::read_to_string(tricky()).unwrap();
+    let renamed: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("apiVersion: ") {
+                "apiVersion: example.com/v1".to_string()
+            } else if l.starts_with("kind: ") {
+                "kind: Tricky".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let ours = sidecar_injector::yaml::parse_documents(&renamed).unwrap();
+    let record =
+        std::fs::read_to_string(root().join("tests/golden/yaml/tricky-scalars.kubectl.json"))
+            .unwrap();
+    let kubectl = json_stream(&record);
+    assert_eq!(ours.len(), kubectl.len());
+    for (ours, kubectl) in ours.iter().zip(&kubectl) {
+        assert_eq!(ours, kubectl);
+    }
+}
+
+#[test]
+fn every_output_reads_back_the_same_under_yaml_1_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases_dir = root().join("tests/golden/cases");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&cases_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.ends_with(".yaml")
+                && !name.ends_with(".injected.yaml")
+                && !name.contains(".values.")
+                && !name.contains(".mesh.")
+        })
+        .collect();
+    cases.sort();
+    cases.push(tricky());
+
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for case in &cases {
+        let text = std::fs::read_to_string(case).unwrap();
+        let mut args = golden_flags(&text);
+        args.extend(["-f".to_string(), case.display().to_string()]);
+        let (ok, yaml, _) = inject(&cases_dir, &args);
+        if !ok {
+            continue; // a refusal case: nothing is written
+        }
+        let mut json_args = args.clone();
+        json_args.extend(["-o".to_string(), "json".to_string()]);
+        let (ok, json, err) = inject(&cases_dir, &json_args);
+        assert!(ok, "{}: {err}", case.display());
+
+        let name = case.file_stem().unwrap().to_string_lossy().into_owned();
+        let yaml_path = tmp.path().join(format!("{name}.out.yaml"));
+        let json_path = tmp.path().join(format!("{name}.out.json"));
+        std::fs::write(&yaml_path, &yaml).unwrap();
+        std::fs::write(&json_path, &json).unwrap();
+        if let Err(e) = read_with_yaml_1_1("kubectl", &yaml_path, &json_path) {
+            failures.push(e);
+        }
+        // Every document written anew by our writer, read with PyYAML's own rules.
+        let written: Vec<String> = json_stream(&json)
+            .iter()
+            .map(sidecar_injector::yaml::to_string)
+            .collect();
+        let rewritten = tmp.path().join(format!("{name}.rewritten.yaml"));
+        std::fs::write(&rewritten, written.join("---\n")).unwrap();
+        if let Err(e) = read_with_yaml_1_1("stock", &rewritten, &json_path) {
+            failures.push(e);
+        }
+        checked += 1;
+    }
+    assert!(checked > 20, "only {checked} cases checked");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn an_injected_workload_keeps_what_its_scalars_meant() {
+    // The Deployment of the tricky file is injected: its own fields must mean to kubectl what
+    // they meant in the input (`defaultMode: 0400` is 256, `"yes"` stays a string, ...).
+    let (ok, json, err) = inject(
+        &root(),
+        &[
+            "-f".into(),
+            tricky().display().to_string(),
+            "-o".into(),
+            "json".into(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let out = json_stream(&json);
+    let record = json_stream(
+        &std::fs::read_to_string(root().join("tests/golden/yaml/tricky-scalars.kubectl.json"))
+            .unwrap(),
+    );
+    let (ours, kubectl) = (&out[1], &record[1]);
+    for pointer in [
+        "/metadata/labels",
+        "/metadata/annotations",
+        "/spec/replicas",
+        "/spec/template/metadata/labels/legacy",
+        "/spec/template/metadata/labels/build",
+        "/spec/template/spec/containers/0/env",
+        "/spec/template/spec/volumes/0",
+    ] {
+        assert_eq!(ours.pointer(pointer), kubectl.pointer(pointer), "{pointer}");
+        assert!(ours.pointer(pointer).is_some(), "{pointer}");
+    }
+    assert_eq!(
+        ours.pointer("/spec/template/spec/volumes/0/secret/defaultMode"),
+        Some(&Value::from(256))
+    );
+    // And the ConfigMap, not a workload, is written as it came.
+    let (_, yaml, _) = inject(&root(), &["-f".into(), tricky().display().to_string()]);
+    let input = std::fs::read_to_string(tricky()).unwrap();
+    let configmap_end = input.find("---\n").unwrap();
+    assert!(yaml.starts_with(&input[..configmap_end]), "{yaml}");
+}

@@ -75,8 +75,9 @@ pub struct ServeArgs {
     )]
     pub tls_dns_names: Vec<String>,
 
-    /// Where to write the self-signed certificate's CA (PEM) for clients to trust [default: a
-    /// file in the system temp directory].
+    /// Where to write the self-signed certificate's CA (PEM) for clients to trust [default:
+    /// sidecar-injector-ca-<pid>.crt in the system temp directory, one per server, removed when
+    /// it exits].
     #[arg(long, value_name = "FILE", requires = "tls_self_signed")]
     pub tls_ca_out: Option<PathBuf>,
 
@@ -175,11 +176,12 @@ impl ServeArgs {
         settings
     }
 
-    /// Where the self-signed CA goes.
+    /// Where the self-signed CA goes. The default is per process: a second server on the same
+    /// machine must not replace the CA that the first one's clients were told to trust.
     pub fn ca_out(&self) -> PathBuf {
-        self.tls_ca_out
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("sidecar-injector-ca.crt"))
+        self.tls_ca_out.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("sidecar-injector-ca-{}.crt", std::process::id()))
+        })
     }
 }
 
@@ -201,9 +203,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let server = Server::bind(settings).await?;
-        if let Some(made) = &self_signed {
-            announce_self_signed(made, &args.ca_out(), server.local_addr())?;
-        }
+        // The default CA file is this process's own: removed when it exits.
+        let own_ca_file = match &self_signed {
+            Some(made) => {
+                let path = args.ca_out();
+                announce_self_signed(made, &path, server.local_addr(), args.tls_ca_out.is_none())?;
+                args.tls_ca_out.is_none().then_some(path)
+            }
+            None => None,
+        };
         let cert_task = match self_managed {
             Some(options) => {
                 let client = cluster::client()
@@ -236,14 +244,34 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(task) = cert_task {
             task.abort();
         }
+        if let Some(path) = own_ca_file {
+            let _ = std::fs::remove_file(path);
+        }
         Ok(ExitCode::SUCCESS)
     })
 }
 
-/// Writes the CA for clients and tells the user how to call the server.
-fn announce_self_signed(made: &SelfSigned, ca_out: &Path, addr: SocketAddr) -> anyhow::Result<()> {
-    std::fs::write(ca_out, &made.ca_pem)
-        .with_context(|| format!("cannot write the CA to {}", ca_out.display()))?;
+/// Writes the CA for clients and tells the user how to call the server. The per-process
+/// default file (in a directory everyone can write to) is created afresh, never written
+/// through an existing file or link: one left by an earlier process with the same id is
+/// removed first.
+fn announce_self_signed(
+    made: &SelfSigned,
+    ca_out: &Path,
+    addr: SocketAddr,
+    own_file: bool,
+) -> anyhow::Result<()> {
+    let written = if own_file {
+        let _ = std::fs::remove_file(ca_out);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(ca_out)
+            .and_then(|mut f| f.write_all(made.ca_pem.as_bytes()))
+    } else {
+        std::fs::write(ca_out, &made.ca_pem)
+    };
+    written.with_context(|| format!("cannot write the CA to {}", ca_out.display()))?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -366,6 +394,10 @@ mod tests {
         assert_eq!(args.ca_out(), PathBuf::from("/tmp/x/ca.crt"));
         let default = serve(&["--tls-self-signed"]).ca_out();
         assert!(default.starts_with(std::env::temp_dir()), "{default:?}");
+        assert!(
+            default.ends_with(format!("sidecar-injector-ca-{}.crt", std::process::id())),
+            "{default:?}"
+        );
     }
 
     #[test]

@@ -218,10 +218,19 @@ fn resource_quantity(text: &str) -> Result<(), String> {
     quantity::validate(text).map_err(|e| e.0)
 }
 
+/// A JSON object of name to specification, or (as Istio also accepts) a JSON list of
+/// specifications, each naming itself.
 fn json_map(text: &str) -> Result<(), String> {
     match crate::value::from_str(text) {
         Ok(Value::Object(map)) if map.values().all(Value::is_object) => Ok(()),
-        _ => Err("accepted: a JSON object mapping each name to its specification, e.g. {\"data\":{\"emptyDir\":{}}}".into()),
+        Ok(Value::Array(items))
+            if items
+                .iter()
+                .all(|i| i.get("name").is_some_and(Value::is_string)) =>
+        {
+            Ok(())
+        }
+        _ => Err("accepted: a JSON object mapping each name to its specification, e.g. {\"data\":{\"emptyDir\":{}}}, or a JSON list of specifications with their names, e.g. [{\"name\":\"data\",\"emptyDir\":{}}]".into()),
     }
 }
 
@@ -341,6 +350,7 @@ mod tests {
             "sidecar.istio.io/proxyMemoryLimit": "1Gi",
             "sidecar.istio.io/nativeSidecar": "false",
             "sidecar.istio.io/userVolume": "{\"v\":{\"emptyDir\":{}}}",
+            "sidecar.istio.io/userVolumeMount": "[{\"name\":\"v\",\"mountPath\":\"/v\"}]",
             DRAIN_URL: "http://localhost:8080/ready?x=1",
             DRAIN_TIMEOUT: "30",
         }));
@@ -360,6 +370,7 @@ mod tests {
             "sidecar.istio.io/proxyCPU": "lots",
             "sidecar.istio.io/nativeSidecar": "yes",
             "sidecar.istio.io/userVolume": "{not json",
+            "sidecar.istio.io/userVolumeMount": "[{\"mountPath\":\"/no-name\"}]",
             DRAIN_URL: "http://evil.example.com/$(reboot)",
         }));
         let names: Vec<&str> = p.iter().map(|p| p.annotation.as_str()).collect();
@@ -376,6 +387,7 @@ mod tests {
                 "sidecar.istio.io/proxyCPU",
                 "sidecar.istio.io/nativeSidecar",
                 "sidecar.istio.io/userVolume",
+                "sidecar.istio.io/userVolumeMount",
                 DRAIN_URL,
             ]
         );

@@ -396,28 +396,38 @@ pub(crate) fn values_resources(values: &Value) -> Value {
     Value::Object(out)
 }
 
-/// `{"name": {spec}}` (validated JSON) as a list of `{name, ...spec}`, sorted by name.
+/// `sidecar.istio.io/userVolume` and `userVolumeMount` as lists of `{name, ...}`, as istiod's
+/// template renders them: `range $index, $value := fromJSON ...` writes `name: "<index>"`, then
+/// the value, so the value's own `name` (written after) wins. The annotation is a JSON object
+/// (index: the key, in sorted order, as Go ranges over a map) or a JSON list of objects (index:
+/// the position; Istio's `samples/addons/extras/prometheus-secure-metrics.yaml` uses this form).
 fn named_entries(annotation: Option<&str>) -> Vec<Value> {
-    let Some(Ok(Value::Object(map))) = annotation.map(crate::value::from_str) else {
-        return Vec::new();
-    };
-    let mut names: Vec<&String> = map.keys().collect();
-    names.sort();
-    names
-        .into_iter()
-        .map(|name| {
-            let mut entry = Map::new();
-            entry.insert("name".into(), Value::from(name.as_str()));
-            if let Some(Value::Object(spec)) = map.get(name) {
-                for (k, v) in spec {
-                    if k != "name" {
-                        entry.insert(k.clone(), v.clone());
-                    }
-                }
+    let entry = |index: String, spec: &Value| {
+        let mut entry = Map::new();
+        entry.insert("name".into(), Value::from(index));
+        if let Value::Object(spec) = spec {
+            for (k, v) in spec {
+                entry.insert(k.clone(), v.clone());
             }
-            Value::Object(entry)
-        })
-        .collect()
+        }
+        Value::Object(entry)
+    };
+    match annotation.map(crate::value::from_str) {
+        Some(Ok(Value::Object(map))) => {
+            let mut names: Vec<&String> = map.keys().collect();
+            names.sort();
+            names
+                .into_iter()
+                .map(|name| entry(name.clone(), &map[name.as_str()]))
+                .collect()
+        }
+        Some(Ok(Value::Array(items))) => items
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| entry(i.to_string(), spec))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 #[cfg(test)]

@@ -183,11 +183,16 @@ impl Config {
                 }),
             }
         };
-        Config::from_sources(&Sources {
+        let config = Config::from_sources(&Sources {
             config: read("config", true)?,
             values: read("values", false)?,
             mesh: read("mesh", false)?,
-        })
+        })?;
+        // The server loads its config here, at start and on every change: say what looks wrong.
+        for warning in config.warnings() {
+            tracing::warn!(dir = %dir.display(), "config: {warning}");
+        }
+        Ok(config)
     }
 
     /// The parsed `config` key.
@@ -330,13 +335,23 @@ fn check_mesh(mesh: &Value) -> Result<Vec<String>, ConfigError> {
         line: None,
         message,
     };
-    if let Some(dc) = mesh.get("defaultConfig")
-        && !dc.is_object()
-        && !dc.is_null()
-    {
-        return Err(invalid(
-            "defaultConfig must be a mapping (a ProxyConfig)".into(),
-        ));
+    let mut warnings = Vec::new();
+    match mesh.get("defaultConfig") {
+        None | Some(Value::Null) => {}
+        // The same rules as the `proxy.istio.io/config` annotation.
+        Some(Value::Object(dc)) => match crate::inject::proxy_config::check(dc) {
+            Ok(unknown) => warnings.extend(
+                unknown
+                    .into_iter()
+                    .map(|w| format!("mesh: defaultConfig: {w}")),
+            ),
+            Err(e) => return Err(invalid(format!("defaultConfig: {e}"))),
+        },
+        Some(_) => {
+            return Err(invalid(
+                "defaultConfig must be a mapping (a ProxyConfig)".into(),
+            ));
+        }
     }
     for path in [
         "/proxyListenPort",
@@ -352,7 +367,7 @@ fn check_mesh(mesh: &Value) -> Result<Vec<String>, ConfigError> {
             )));
         }
     }
-    Ok(Vec::new())
+    Ok(warnings)
 }
 
 #[cfg(test)]
@@ -420,6 +435,26 @@ mod tests {
         let text = Config::from_sources(&sources).unwrap_err().to_string();
         assert!(text.contains("invalid `mesh`"), "{text}");
         assert!(text.contains("proxyListenPort"), "{text}");
+    }
+
+    #[test]
+    fn mesh_default_config_follows_the_annotation_rules() {
+        let mut sources = Sources::embedded();
+        sources.mesh = "defaultConfig:\n  holdApplicationUntilProxyStarts: yes please\n".into();
+        let text = Config::from_sources(&sources).unwrap_err().to_string();
+        assert!(
+            text.contains("invalid `mesh`: defaultConfig: field \"holdApplicationUntilProxyStarts\" is \"yes please\"; accepted: true or false"),
+            "{text}"
+        );
+        sources.mesh = "defaultConfig:\n  holdApplicationUntilProxyStart: true\n".into();
+        let config = Config::from_sources(&sources).unwrap();
+        assert_eq!(config.warnings().len(), 1);
+        assert!(
+            config.warnings()[0].contains("did you mean \"holdApplicationUntilProxyStarts\""),
+            "{:?}",
+            config.warnings()
+        );
+        assert!(Config::embedded().warnings().is_empty());
     }
 
     #[test]

@@ -257,8 +257,7 @@ fn status(text: &str) -> Result<(), String> {
     }
 }
 
-/// The ProxyConfig fields the injector itself reads must have the right type; the rest is
-/// passed to the proxy, which validates it.
+/// A ProxyConfig mapping whose known fields have the right type (see `proxy_config::check`).
 fn proxy_config(text: &str) -> Result<(), String> {
     let value = crate::yaml::parse_one(text)
         .map_err(|e| format!("not YAML or JSON ({}); accepted: a ProxyConfig mapping, e.g. {{\"holdApplicationUntilProxyStarts\": true}}", e.message))?;
@@ -268,31 +267,9 @@ fn proxy_config(text: &str) -> Result<(), String> {
                 .into(),
         );
     };
-    for (key, v) in &map {
-        let (ok, expected) = match key.as_str() {
-            "holdApplicationUntilProxyStarts" => (v.is_boolean(), "true or false"),
-            "interceptionMode" => (
-                v.as_str().is_some_and(|m| interception_mode(m).is_ok()),
-                "REDIRECT, TPROXY or NONE",
-            ),
-            "statusPort" | "proxyAdminPort" => (
-                v.as_u64().is_some_and(|p| p <= 65535),
-                "a port number from 0 to 65535",
-            ),
-            "concurrency" => (v.as_u64().is_some(), "a whole number"),
-            "proxyMetadata" => (
-                v.as_object()
-                    .is_some_and(|m| m.values().all(Value::is_string)),
-                "a mapping of names to string values",
-            ),
-            "image" => (v.is_object(), "a mapping such as {imageType: distroless}"),
-            _ => (true, ""),
-        };
-        if !ok {
-            return Err(format!("field {key:?} is {v}; accepted: {expected}"));
-        }
-    }
-    Ok(())
+    // The same rules as the mesh's `defaultConfig`; unknown fields are warnings, given by the
+    // engine when it injects.
+    super::proxy_config::check(&map).map(|_| ())
 }
 
 fn drain_url(text: &str) -> Result<(), String> {

@@ -92,6 +92,17 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
         ));
     }
 
+    if let Some(text) = pod::annotation(original, "proxy.istio.io/config")
+        && let Ok(Value::Object(map)) = crate::yaml::parse_one(text)
+        && let Ok(unknown) = proxy_config::check(&map)
+    {
+        warnings.extend(
+            unknown
+                .into_iter()
+                .map(|w| format!("proxy.istio.io/config: {w}")),
+        );
+    }
+
     // Everything below reads the validated annotations.
     let values = &config.values;
     let mesh_status_port = mesh_status_port(config);

@@ -39,7 +39,7 @@ pub struct ConfigArgs {
     #[arg(long, value_name = "REVISION")]
     pub revision: Option<String>,
 
-    /// Put istio-proxy in initContainers with restartPolicy Always (Kubernetes 1.29+). Defaults
+    /// Put istio-proxy in initContainers with restartPolicy Always (Kubernetes 1.33+). Defaults
     /// to the values' sidecarInjectorWebhook.nativeSidecars; `auto` there means false here, as
     /// there is no cluster to ask.
     #[arg(long, value_name = "true|false")]
@@ -219,8 +219,9 @@ pub fn run(args: InjectArgs) -> anyhow::Result<ExitCode> {
     if loaded.native_auto && injected_any && !args.quiet {
         let _ = writeln!(
             stderr,
-            "note: native sidecars are `auto` and there is no cluster to ask: classic sidecars injected; pass --native-sidecars true for clusters on Kubernetes {} or later",
-            crate::cluster::DEFAULT_MIN_KUBELET
+            "note: native sidecars are `auto` and there is no cluster to ask: classic sidecars injected; pass --native-sidecars true for clusters on Kubernetes {}.{} or later",
+            crate::cluster::DEFAULT_MIN_KUBELET.major,
+            crate::cluster::DEFAULT_MIN_KUBELET.minor,
         );
     }
 

@@ -56,7 +56,7 @@ pub fn job_warning(owner: &JobOwner) -> String {
 }
 
 const JOB_WARNING_TAIL: &str = " never complete while the istio-proxy sidecar runs. Fix: annotation \
-     sidecar.istio.io/nativeSidecar: \"true\" (Kubernetes 1.29+) or \
+     sidecar.istio.io/nativeSidecar: \"true\" (Kubernetes 1.33+) or \
      sidecarInjectorWebhook.nativeSidecarsForJobs: true, or the app POSTs \
      http://localhost:15020/quitquitquit at exit";
 
@@ -148,7 +148,7 @@ mod tests {
                 w.contains("sidecar.istio.io/nativeSidecar: \"true\""),
                 "{w}"
             );
-            assert!(w.contains("1.29"), "{w}");
+            assert!(w.contains("1.33"), "{w}");
             assert!(
                 w.contains("sidecarInjectorWebhook.nativeSidecarsForJobs: true"),
                 "{w}"

@@ -215,3 +215,92 @@ fn an_injected_workload_keeps_what_its_scalars_meant() {
     let configmap_end = input.find("---\n").unwrap();
     assert!(yaml.starts_with(&input[..configmap_end]), "{yaml}");
 }
+
+#[test]
+fn every_pair_of_tricky_pieces_reads_back_under_yaml_1_1() {
+    // Each string of one or two pieces that trip readers up, as a key and as a value, written by
+    // our writer and read by PyYAML with its own rules and with kubectl's.
+    let pieces = [
+        "yes",
+        "No",
+        "on",
+        "y",
+        "N",
+        "~",
+        "null",
+        "0",
+        "0400",
+        "0o17",
+        "0x1F",
+        "1_000",
+        "+",
+        "-",
+        ".",
+        "e3",
+        "1e3",
+        "5.",
+        ".5",
+        "1:20",
+        "2024-01-01",
+        "12:30:00",
+        "=",
+        "<<",
+        ":",
+        ": ",
+        " #",
+        "#",
+        "- ",
+        "? ",
+        "'",
+        "\"",
+        "\\",
+        " ",
+        "\n",
+        "\t",
+        "\u{85}",
+        "\u{7f}",
+        "\u{2028}",
+        "\u{feff}",
+        "é",
+        "a",
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        "&",
+        "*",
+        "!",
+        "|",
+        ">",
+        "%",
+        "@",
+        "`",
+        "---",
+        "...",
+        ".inf",
+        ".NaN",
+        "true",
+        "False",
+    ];
+    let mut map = serde_json::Map::new();
+    let mut list = Vec::new();
+    for a in pieces {
+        for b in std::iter::once("").chain(pieces) {
+            let s = format!("{a}{b}");
+            map.insert(s.clone(), Value::from(s.clone()));
+            list.push(Value::from(s));
+        }
+    }
+    let value = serde_json::json!({"keys": map, "values": list});
+    let tmp = tempfile::tempdir().unwrap();
+    let yaml = tmp.path().join("pairs.yaml");
+    let json = tmp.path().join("pairs.json");
+    std::fs::write(&yaml, sidecar_injector::yaml::to_string(&value)).unwrap();
+    std::fs::write(&json, value.to_string()).unwrap();
+    for mode in ["stock", "kubectl"] {
+        if let Err(e) = read_with_yaml_1_1(mode, &yaml, &json) {
+            panic!("{e}");
+        }
+    }
+}

@@ -149,11 +149,13 @@ fn float_text(text: &str) -> String {
     out
 }
 
-/// libyaml's printable set, less the tab (libyaml quotes a string holding one).
+/// libyaml's printable set, less the tab (libyaml quotes a string holding one) and the
+/// Unicode line and paragraph separators (line breaks to YAML 1.1 readers).
 fn printable(c: char) -> bool {
     match c {
         '\n' => true,
         '\u{20}'..='\u{7e}' => true,
+        '\u{2028}' | '\u{2029}' => false,
         '\u{a0}'..='\u{d7ff}' => true,
         '\u{e000}'..='\u{fffd}' => c != '\u{feff}',
         '\u{10000}'..='\u{10ffff}' => true,
@@ -364,5 +366,101 @@ mod tests {
         assert_eq!(super::super::parse_one(&text).unwrap(), v, "\n{text}");
         let kube = super::super::parse_documents(&text).unwrap();
         assert_eq!(kube, vec![v], "\n{text}");
+    }
+
+    /// Strings built from the pieces that trip readers up: indicators, YAML 1.1 words and
+    /// numbers, quotes, spaces, line breaks, controls and non-ASCII.
+    fn tricky_string() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let pieces = prop::sample::select(vec![
+            "yes",
+            "No",
+            "on",
+            "y",
+            "~",
+            "null",
+            "0",
+            "0400",
+            "1_000",
+            "+",
+            "-",
+            ".",
+            "e3",
+            "0x",
+            "1:20",
+            "2024-01-01",
+            "=",
+            "<<",
+            ":",
+            ": ",
+            " #",
+            "#",
+            "- ",
+            "? ",
+            "'",
+            "\"",
+            "\\",
+            " ",
+            "\n",
+            "\t",
+            "\r",
+            "\u{85}",
+            "\u{7f}",
+            "\u{2028}",
+            "\u{feff}",
+            "é",
+            "a",
+            "Z",
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            "&",
+            "*",
+            "!",
+            "|",
+            ">",
+            "%",
+            "@",
+            "`",
+            "---",
+            "...",
+            ".inf",
+        ]);
+        prop::collection::vec(pieces, 0..6).prop_map(|p| p.concat())
+    }
+
+    fn tricky_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            prop::sample::select(vec![0.5, -1.25, 1e-7, 2.5e-300, 123.456])
+                .prop_map(|f| serde_json::json!(f)),
+            tricky_string().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::vec((tricky_string(), inner), 0..5)
+                    .prop_map(|entries| Value::Object(entries.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn whatever_is_written_reads_back_the_same(value in tricky_value()) {
+            let text = document(&value);
+            let read = super::super::parse_one(&text).map_err(|e| format!("{e}\n{text}"));
+            proptest::prop_assert_eq!(read, Ok(value.clone()), "{}", text);
+            let kube = super::super::parse_documents(&text).map_err(|e| format!("{e}\n{text}"));
+            // A null document is an empty one to kubectl.
+            let want: Vec<Value> = if value.is_null() { vec![] } else { vec![value.clone()] };
+            proptest::prop_assert_eq!(kube, Ok(want), "{}", text);
+        }
     }
 }

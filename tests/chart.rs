@@ -1163,3 +1163,33 @@ fn deploy_manifest_matches_the_chart() {
             .any(|d| d["kind"] == "MutatingWebhookConfiguration")
     );
 }
+
+#[test]
+fn analyze_passes_the_injectors_own_chart() {
+    // The injector's own pods opt out of injection: `analyze` says so and nothing else, and
+    // does not fail CI, for every value set.
+    for set in value_sets() {
+        let text = template_text(&set, &[]).unwrap_or_else(|e| panic!("{set}: {e}"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sidecar-injector"))
+            .args(["analyze", "-f", "-", "-o", "json"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{set}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let findings: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+        assert!(
+            findings.iter().all(|f| f["id"] == "not-injected"),
+            "{set}: {stdout}"
+        );
+    }
+}

@@ -435,6 +435,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn user_volumes_in_both_forms_as_istiod_renders_them() {
+        // Object form: sorted by key, the key as the name unless the entry names itself.
+        let object = r#"{"b":{"emptyDir":{}},"a":{"name":"own","secret":{"secretName":"s"}}}"#;
+        assert_eq!(
+            named_entries(Some(object)),
+            vec![
+                json!({"name": "own", "secret": {"secretName": "s"}}),
+                json!({"name": "b", "emptyDir": {}}),
+            ]
+        );
+        // List form: in order, each with its own name.
+        let list = r#"[{"name":"istio-certs","mountPath":"/etc/istio-output-certs"},{"name":"x","mountPath":"/x"}]"#;
+        assert_eq!(
+            named_entries(Some(list)),
+            vec![
+                json!({"name": "istio-certs", "mountPath": "/etc/istio-output-certs"}),
+                json!({"name": "x", "mountPath": "/x"}),
+            ]
+        );
+        assert_eq!(named_entries(Some("not json")), Vec::<Value>::new());
+    }
+
+    #[test]
     fn pod_ports_json_matches_istio_layout() {
         let p = json!({"spec": {"containers": [
             {"name": "a", "ports": [{"name": "http", "containerPort": 80}]},

@@ -14,11 +14,12 @@ fi
 # kubectl reads YAML 1.1.
 if ! python3 -c 'import yaml' >/dev/null 2>&1; then
     echo "installing PyYAML for the YAML 1.1 reading test"
-    if command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1; then
-        python3 -m pip install -q pyyaml
-    else
+    # pip for a python3 of its own (pyenv, a venv); Debian's package for the system's, which
+    # refuses pip installs (PEP 668).
+    if ! python3 -m pip install -q pyyaml >/dev/null 2>&1; then
         (apt-get update -qq && apt-get install -y -qq python3 python3-yaml) >/dev/null
     fi
+    python3 -c 'import yaml' || { echo "PyYAML could not be installed" >&2; exit 1; }
 fi
 
 HELM="$(scripts/install-helm.sh)"

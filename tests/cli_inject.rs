@@ -219,3 +219,40 @@ fn mesh_config_is_checked_like_the_annotation() {
         text(&o.stderr)
     );
 }
+
+#[test]
+fn inject_prints_the_warnings_the_webhook_returns() {
+    use sidecar_injector::admission::{self, Decision, Review};
+    // A bare pod that runs once, as the app's UID 1337, on a reserved port: the engine's
+    // warnings and three findings.
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "once", "namespace": "shop"},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "task", "image": "task:1",
+            "securityContext": {"runAsUser": 1337},
+            "ports": [{"containerPort": 15010}]
+        }]}
+    });
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "operation": "CREATE", "namespace": "shop", "object": pod}
+    });
+    let review = Review::from_slice(review.to_string().as_bytes()).unwrap();
+    let config = sidecar_injector::config::Config::embedded();
+    let Decision::Patch { warnings, .. } = admission::decide(&config, &review, false).unwrap()
+    else {
+        panic!("not injected");
+    };
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+
+    let o = inject(&["-f", "-", "--native-sidecars", "false"], &pod.to_string());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let printed: Vec<String> = text(&o.stderr)
+        .lines()
+        .filter_map(|l| l.strip_prefix("warning: Pod/shop/once: "))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(printed, warnings);
+}

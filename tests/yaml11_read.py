@@ -1,6 +1,6 @@
 """Reads YAML with YAML 1.1 rules (PyYAML) and compares it with the JSON documents expected.
 
-    python3 tests/yaml11_read.py stock|kubectl FILE.yaml EXPECTED.json
+    python3 tests/yaml11_read.py stock|kubectl FILE.yaml EXPECTED.json [FILE.yaml EXPECTED.json]...
 
 `stock` reads with PyYAML's own SafeLoader (YAML 1.1 as PyYAML implements it). `kubectl` reads
 with PyYAML's parser but go-yaml v2's resolution of plain scalars, which is what kubectl uses
@@ -10,9 +10,9 @@ with PyYAML's parser but go-yaml v2's resolution of plain scalars, which is what
     sexagesimal `1:20` is a string (PyYAML: 80);
   - floats match ^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$ (`1e3`; PyYAML needs a dot);
   - timestamps and `=` stay strings (PyYAML: dates, and an error).
-EXPECTED.json holds one JSON document per line or a stream of pretty-printed ones. Floats with
-no fractional part compare equal to integers (encoding/json writes 1e3 as 1000). Exit 1 with
-the first difference.
+EXPECTED.json holds a stream of JSON documents. Floats with no fractional part compare equal
+to integers (encoding/json writes 1e3 as 1000). Prints the first difference of each pair that
+differs, and exits 1 if any does.
 """
 import json
 import re
@@ -74,6 +74,10 @@ def construct_bool(loader, node):
 
 
 KubectlLoader.add_constructor("tag:yaml.org,2002:bool", construct_bool)
+# `<<` merges only as a key (PyYAML's flatten_mapping, go-yaml's decoder); as a value it is the
+# string "<<".
+KubectlLoader.add_constructor(
+    "tag:yaml.org,2002:merge", lambda loader, node: loader.construct_scalar(node))
 KubectlLoader.add_constructor(
     "tag:kubectl,number", lambda loader, node: go_number(loader.construct_scalar(node)))
 
@@ -141,18 +145,29 @@ def json_documents(text):
         docs.append(doc)
 
 
-def main():
-    mode, yaml_path, json_path = sys.argv[1:4]
-    loader = yaml.SafeLoader if mode == "stock" else KubectlLoader
-    with open(yaml_path, encoding="utf-8") as f:
-        got = [normalize(d) for d in yaml.load_all(f, Loader=loader) if d is not None]
+def check(loader, mode, yaml_path, json_path):
+    """The first difference between the YAML file read with `loader` and the JSON file."""
+    try:
+        with open(yaml_path, encoding="utf-8") as f:
+            got = [normalize(d) for d in yaml.load_all(f, Loader=loader) if d is not None]
+    except yaml.YAMLError as e:
+        return f"{yaml_path} cannot be read with {mode} YAML 1.1 rules: {e}"
     with open(json_path, encoding="utf-8") as f:
         want = [normalize(d) for d in json_documents(f.read())]
     diff = first_difference(got, want)
-    if diff:
-        print(f"{yaml_path} read with {mode} YAML 1.1 rules: {diff}")
-        sys.exit(1)
-    print(f"{yaml_path}: {len(got)} documents read as expected ({mode})")
+    return diff and f"{yaml_path} read with {mode} YAML 1.1 rules: {diff}"
+
+
+def main():
+    mode, files = sys.argv[1], sys.argv[2:]
+    loader = yaml.SafeLoader if mode == "stock" else KubectlLoader
+    failed = False
+    for yaml_path, json_path in zip(files[::2], files[1::2]):
+        problem = check(loader, mode, yaml_path, json_path)
+        if problem:
+            print(problem)
+            failed = True
+    sys.exit(1 if failed else 0)
 
 
 main()

@@ -69,11 +69,13 @@ fn json_stream(text: &str) -> Vec<Value> {
         .expect("JSON documents")
 }
 
-/// Runs the YAML 1.1 reader; `Err` with its message when the reading differs.
-fn read_with_yaml_1_1(mode: &str, yaml: &Path, json: &Path) -> Result<(), String> {
+/// Runs the YAML 1.1 reader over (YAML, expected JSON) pairs; `Err` with its message when a
+/// reading differs.
+fn read_with_yaml_1_1(mode: &str, pairs: &[(PathBuf, PathBuf)]) -> Result<(), String> {
     let out = Command::new("python3")
         .arg(root().join("tests/yaml11_read.py"))
-        .args([mode.as_ref(), yaml.as_os_str(), json.as_os_str()])
+        .arg(mode)
+        .args(pairs.iter().flat_map(|(y, j)| [y, j]))
         .output()
         .expect("python3 with PyYAML is needed here; scripts/test.sh installs it");
     if out.status.success() {
@@ -134,8 +136,8 @@ fn every_output_reads_back_the_same_under_yaml_1_1() {
     cases.sort();
     cases.push(tricky());
 
-    let mut failures = Vec::new();
-    let mut checked = 0;
+    let mut as_kubectl = Vec::new();
+    let mut as_written = Vec::new();
     for case in &cases {
         let text = std::fs::read_to_string(case).unwrap();
         let mut args = golden_flags(&text);
@@ -154,22 +156,28 @@ fn every_output_reads_back_the_same_under_yaml_1_1() {
         let json_path = tmp.path().join(format!("{name}.out.json"));
         std::fs::write(&yaml_path, &yaml).unwrap();
         std::fs::write(&json_path, &json).unwrap();
-        if let Err(e) = read_with_yaml_1_1("kubectl", &yaml_path, &json_path) {
-            failures.push(e);
-        }
-        // Every document written anew by our writer, read with PyYAML's own rules.
+        // Every document written anew by our writer, for PyYAML's own rules.
         let written: Vec<String> = json_stream(&json)
             .iter()
             .map(sidecar_injector::yaml::to_string)
             .collect();
         let rewritten = tmp.path().join(format!("{name}.rewritten.yaml"));
         std::fs::write(&rewritten, written.join("---\n")).unwrap();
-        if let Err(e) = read_with_yaml_1_1("stock", &rewritten, &json_path) {
-            failures.push(e);
-        }
-        checked += 1;
+        as_kubectl.push((yaml_path, json_path.clone()));
+        as_written.push((rewritten, json_path));
     }
-    assert!(checked > 20, "only {checked} cases checked");
+    assert!(
+        as_kubectl.len() > 20,
+        "only {} cases checked",
+        as_kubectl.len()
+    );
+    let failures: Vec<String> = [
+        read_with_yaml_1_1("kubectl", &as_kubectl),
+        read_with_yaml_1_1("stock", &as_written),
+    ]
+    .into_iter()
+    .filter_map(Result::err)
+    .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -299,7 +307,7 @@ fn every_pair_of_tricky_pieces_reads_back_under_yaml_1_1() {
     std::fs::write(&yaml, sidecar_injector::yaml::to_string(&value)).unwrap();
     std::fs::write(&json, value.to_string()).unwrap();
     for mode in ["stock", "kubectl"] {
-        if let Err(e) = read_with_yaml_1_1(mode, &yaml, &json) {
+        if let Err(e) = read_with_yaml_1_1(mode, &[(yaml.clone(), json.clone())]) {
             panic!("{e}");
         }
     }

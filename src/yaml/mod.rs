@@ -99,7 +99,10 @@ impl<'a> Stream<'a> {
                 .find('\n')
                 .map_or(text.len(), |i| line_start + i + 1);
             let this = &text[line_start..end];
-            if let Some(marker_len) = marker(this) {
+            // `%YAML 1.1` and `%TAG` directives belong to the document the next `---` opens.
+            let directives_pending = only_directives(&text[start..line_start]);
+            let split = marker(this).filter(|_| !(directives_pending && this.starts_with("---")));
+            if let Some(marker_len) = split {
                 finish(
                     &mut pieces,
                     &text[start..line_start],
@@ -174,6 +177,20 @@ fn marker(line: &str) -> Option<usize> {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
     };
     (is_marker("---") || is_marker("...")).then_some(3)
+}
+
+/// Whether `text` holds directives (`%YAML 1.1`), and nothing else but blank lines and comments.
+fn only_directives(text: &str) -> bool {
+    let mut directive = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if line.starts_with('%') {
+            directive = true;
+        } else if !(t.is_empty() || t.starts_with('#')) {
+            return false;
+        }
+    }
+    directive
 }
 
 /// Whether a document's text holds anything but blank lines and comments.
@@ -355,5 +372,17 @@ mod tests {
                 .cloned()
         });
         assert!(last.ends_with("---\nlast: doc\n"), "{last}");
+    }
+
+    #[test]
+    fn a_directive_goes_with_the_document_after_it() {
+        let text = "%YAML 1.1\n---\na: yes\n---\nb: 1\n";
+        let stream = Stream::parse(text).unwrap();
+        let values: Vec<_> = stream.documents().filter_map(|d| d.value.clone()).collect();
+        assert_eq!(
+            values,
+            [serde_json::json!({"a": true}), serde_json::json!({"b": 1})]
+        );
+        assert_eq!(stream.write(|_| None), text);
     }
 }

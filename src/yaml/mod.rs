@@ -56,78 +56,63 @@ pub struct Document<'a> {
 }
 
 impl<'a> Stream<'a> {
-    /// Splits the stream at its document markers and reads each document.
+    /// Splits the stream into documents as kubectl does and reads each one.
     ///
-    /// A line that starts with `---` or `...` followed by a blank (or the end of the line) is
-    /// always a marker: YAML forbids both at the start of a line inside a document, even in a
-    /// block or quoted scalar.
+    /// kubectl does not leave the splitting to the YAML parser: its reader
+    /// (k8s.io/apimachinery `yaml.YAMLReader`) cuts the stream at every line that starts with
+    /// `---`, refuses such a line when anything but a comment follows the dashes (`--- {a: 1}`,
+    /// `---x`), and hands each piece to go-yaml on its own. Here too; a piece with content after
+    /// a `...` end marker is refused, as kubectl reads only a piece's first document and drops
+    /// the rest.
     pub fn parse(text: &'a str) -> Result<Stream<'a>, YamlError> {
         let mut pieces = Vec::new();
-        let mut start = 0;
-        let mut line_start = 0;
-        let mut opened_by_dashes = false;
         let mut number = 0;
+        let mut start = 0;
         let mut first_line = 1;
-        let mut line = 1;
-        let mut finish = |pieces: &mut Vec<Piece<'a>>,
-                          chunk: &'a str,
-                          explicit: bool,
-                          first_line: usize|
-         -> Result<(), YamlError> {
-            let content = has_content(chunk);
-            if !content && !explicit {
-                if !chunk.is_empty() {
-                    pieces.push(Piece::Document(Document {
-                        text: chunk,
-                        value: None,
-                        number: 0,
-                    }));
-                }
+        let mut finish = |pieces: &mut Vec<Piece<'a>>, chunk: &'a str, first_line: usize| {
+            if chunk.is_empty() {
                 return Ok(());
             }
-            number += 1;
-            let value = read_document(chunk, number, first_line)?;
+            let value = if has_content(chunk) {
+                number += 1;
+                read_document(chunk, number, first_line)?
+            } else {
+                None
+            };
             pieces.push(Piece::Document(Document {
                 text: chunk,
                 value: value.filter(|v| !v.is_null()),
                 number,
             }));
-            Ok(())
+            Ok::<(), YamlError>(())
         };
+        let mut line_start = 0;
+        let mut line = 1;
         while line_start < text.len() {
             let end = text[line_start..]
                 .find('\n')
                 .map_or(text.len(), |i| line_start + i + 1);
             let this = &text[line_start..end];
-            // `%YAML 1.1` and `%TAG` directives belong to the document the next `---` opens.
-            let directives_pending = only_directives(&text[start..line_start]);
-            let split = marker(this).filter(|_| !(directives_pending && this.starts_with("---")));
-            if let Some(marker_len) = split {
-                finish(
-                    &mut pieces,
-                    &text[start..line_start],
-                    opened_by_dashes,
-                    first_line,
-                )?;
-                opened_by_dashes = this.starts_with("---");
-                // What follows `---` on its line (`--- # comment`, `--- !tag`) opens the
-                // next document.
-                let marker_end = line_start + marker_len;
-                let rest = &text[marker_end..end];
-                if rest.trim().is_empty() || this.starts_with("...") {
-                    pieces.push(Piece::Marker(this));
-                    start = end;
-                    first_line = line + 1;
-                } else {
-                    pieces.push(Piece::Marker(&text[line_start..marker_end]));
-                    start = marker_end;
-                    first_line = line;
+            if let Some(rest) = this.strip_prefix("---") {
+                let rest = rest.trim();
+                if !rest.is_empty() && !rest.starts_with('#') {
+                    return Err(YamlError {
+                        document: number + 1,
+                        line: Some(line),
+                        message: format!(
+                            "invalid document separator: {rest} (kubectl takes only a comment after ---; start the document on the next line)"
+                        ),
+                    });
                 }
+                finish(&mut pieces, &text[start..line_start], first_line)?;
+                pieces.push(Piece::Marker(this));
+                start = end;
+                first_line = line + 1;
             }
             line_start = end;
             line += 1;
         }
-        finish(&mut pieces, &text[start..], opened_by_dashes, first_line)?;
+        finish(&mut pieces, &text[start..], first_line)?;
         Ok(Stream { pieces })
     }
 
@@ -154,13 +139,7 @@ impl<'a> Stream<'a> {
                 Piece::Document(doc) => match replace(doc) {
                     None => out.push_str(doc.text),
                     Some(value) => {
-                        let comments = leading_comments(doc.text);
-                        // `--- # comment` keeps its comment on the marker's line.
-                        let inline_comment = comments.trim_start_matches(' ').starts_with('#');
-                        if !out.is_empty() && !out.ends_with('\n') && !inline_comment {
-                            out.push('\n');
-                        }
-                        out.push_str(comments);
+                        out.push_str(leading_comments(doc.text));
                         out.push_str(&to_string(&value));
                     }
                 },
@@ -170,33 +149,11 @@ impl<'a> Stream<'a> {
     }
 }
 
-/// The length of the marker when `line` is a `---` or `...` marker line.
-fn marker(line: &str) -> Option<usize> {
-    let is_marker = |m: &str| {
-        line.strip_prefix(m)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
-    };
-    (is_marker("---") || is_marker("...")).then_some(3)
-}
-
-/// Whether `text` holds directives (`%YAML 1.1`), and nothing else but blank lines and comments.
-fn only_directives(text: &str) -> bool {
-    let mut directive = false;
-    for line in text.lines() {
-        let t = line.trim();
-        if line.starts_with('%') {
-            directive = true;
-        } else if !(t.is_empty() || t.starts_with('#')) {
-            return false;
-        }
-    }
-    directive
-}
-
 /// Whether a document's text holds anything but blank lines and comments.
 fn has_content(text: &str) -> bool {
     text.lines().any(|l| {
-        let t = l.trim();
+        // Only spaces are blank: a tab is for the parser to judge.
+        let t = l.trim_matches(' ');
         !t.is_empty() && !t.starts_with('#')
     })
 }
@@ -234,11 +191,10 @@ fn read_document(text: &str, number: usize, first_line: usize) -> Result<Option<
     let mut value = None;
     for doc in serde_yaml_ng::Deserializer::from_str(text) {
         if value.is_some() {
-            // Cannot happen: the stream was split at every marker.
             return Err(YamlError {
                 document: number,
                 line: None,
-                message: "more than one document between markers".into(),
+                message: "a second document after `...` without a `---` line: kubectl would drop it; separate documents with ---".into(),
             });
         }
         value = Some(
@@ -363,7 +319,7 @@ mod tests {
         });
         assert_eq!(
             out,
-            "# leading comment\n---\n# Source: a.yaml\napiVersion: v1\nkind: ConfigMap\ndata: {a: yes, b: 0400}  # note\n--- # inline\nkind: Pod\nx: 'on'\n...\n---\n\n# only a comment\n---\nlast: doc"
+            "# leading comment\n---\n# Source: a.yaml\napiVersion: v1\nkind: ConfigMap\ndata: {a: yes, b: 0400}  # note\n--- # inline\nkind: Pod\nx: 'on'\n---\n\n# only a comment\n---\nlast: doc"
         );
         let last = stream.write(|d| {
             d.value
@@ -375,14 +331,42 @@ mod tests {
     }
 
     #[test]
-    fn a_directive_goes_with_the_document_after_it() {
-        let text = "%YAML 1.1\n---\na: yes\n---\nb: 1\n";
-        let stream = Stream::parse(text).unwrap();
-        let values: Vec<_> = stream.documents().filter_map(|d| d.value.clone()).collect();
-        assert_eq!(
-            values,
-            [serde_json::json!({"a": true}), serde_json::json!({"b": 1})]
-        );
-        assert_eq!(stream.write(|_| None), text);
+    fn the_stream_is_split_as_kubectl_splits_it() {
+        for (text, line) in [
+            ("--- {a: 1}\n", 1),
+            ("a: 1\n---x\nb: 2\n", 2),
+            ("a: 1\n--- !!map\nb: 2\n", 2),
+        ] {
+            let err = Stream::parse(text).unwrap_err();
+            assert_eq!(err.line, Some(line), "{text:?}: {err}");
+            assert!(
+                err.message.starts_with("invalid document separator"),
+                "{err}"
+            );
+        }
+        // kubectl reads one document per piece: what follows `...` would be dropped.
+        assert!(Stream::parse("a: 1\n...\nb: 2\n").is_err());
+        assert!(Stream::parse("%YAML 1.1\n---\na: 1\n").is_err());
+        let ok = "--- # comment\na: 1\n---   \nb: 2\n...\n";
+        let stream = Stream::parse(ok).unwrap();
+        assert_eq!(stream.documents().filter(|d| d.value.is_some()).count(), 2);
+        assert_eq!(stream.write(|_| None), ok);
+    }
+
+    proptest::proptest! {
+        /// Whatever a stream holds, writing it back with nothing replaced gives its text.
+        #[test]
+        fn a_stream_left_alone_is_its_text(pieces in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "---", "--- ", "---x", "...", "\n", "\r\n", "# c", " ", "a: 1", "b: yes", "- x",
+                "%YAML 1.1", "|", "  text", "'q", "\"", "{", "}", "k:", "\t",
+            ]),
+            0..12,
+        )) {
+            let text = pieces.concat();
+            if let Ok(stream) = Stream::parse(&text) {
+                proptest::prop_assert_eq!(stream.write(|_| None), text);
+            }
+        }
     }
 }

@@ -38,7 +38,7 @@ pub struct Stream<'a> {
 
 #[derive(Debug)]
 enum Piece<'a> {
-    /// A `---` or `...` marker line, with its line break.
+    /// A `---` line, with its comment and line break.
     Marker(&'a str),
     Document(Document<'a>),
 }
@@ -46,8 +46,8 @@ enum Piece<'a> {
 /// One document of a [`Stream`].
 #[derive(Debug)]
 pub struct Document<'a> {
-    /// The original text, from the end of the marker that opens it (or the start of the
-    /// stream) to the start of the next marker.
+    /// The original text, from the line after the `---` line that opens it (or the start of
+    /// the stream) to the next `---` line.
     pub text: &'a str,
     /// What kubectl reads from it; `None` for a document with no content.
     pub value: Option<Value>,

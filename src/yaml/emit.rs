@@ -36,7 +36,9 @@ fn node(out: &mut String, value: &Value, indent: usize, inline: bool) {
             if !inline {
                 pad(out, indent);
             }
-            write_scalar(out, scalar, indent);
+            // A literal block under `- ` starts at the item's column, as libyaml writes it; a
+            // document that is one literal block indents it by two.
+            write_scalar(out, scalar, indent.max(2));
             out.push('\n');
         }
     }
@@ -69,7 +71,7 @@ fn mapping(out: &mut String, map: &Map<String, Value>, indent: usize, inline: bo
             }
             scalar => {
                 out.push(' ');
-                write_scalar(out, scalar, indent);
+                write_scalar(out, scalar, indent + 2);
                 out.push('\n');
             }
         }
@@ -100,8 +102,8 @@ fn write_key(out: &mut String, key: &str) {
     }
 }
 
-/// A scalar; `indent` is the column of its key or dash (a literal block goes 2 further).
-fn write_scalar(out: &mut String, value: &Value, indent: usize) {
+/// A scalar; `block_indent` is the column of a literal block's lines.
+fn write_scalar(out: &mut String, value: &Value, block_indent: usize) {
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
@@ -116,7 +118,7 @@ fn write_scalar(out: &mut String, value: &Value, indent: usize) {
             if plain_allowed(s) {
                 out.push_str(s);
             } else if s.contains('\n') && literal_allowed(s) {
-                literal(out, s, indent + 2);
+                literal(out, s, block_indent);
             } else if single_quote_allowed(s) {
                 single_quoted(out, s);
             } else {
@@ -347,10 +349,11 @@ mod tests {
     #[test]
     fn layout_is_libyamls() {
         let v = json!({"a": {"b": [1, {"c": "x", "d": []}, ["p", "q"]], "e": {}},
-                       "s": "line1\nline2\n", "t": "it's", "u": "tab\there", "f": 1e100});
+                       "s": "line1\nline2\n", "t": "it's", "u": "tab\there", "f": 1e100,
+                       "l": ["a\nb"]});
         assert_eq!(
             document(&v),
-            "a:\n  b:\n  - 1\n  - c: x\n    d: []\n  - - p\n    - q\n  e: {}\ns: |\n  line1\n  line2\nt: it's\nu: \"tab\\there\"\nf: 1.0e+100\n"
+            "a:\n  b:\n  - 1\n  - c: x\n    d: []\n  - - p\n    - q\n  e: {}\ns: |\n  line1\n  line2\nt: it's\nu: \"tab\\there\"\nf: 1.0e+100\nl:\n- |-\n  a\n  b\n"
         );
     }
 

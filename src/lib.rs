@@ -15,5 +15,6 @@ pub mod manifest;
 pub mod metrics;
 pub mod replicas;
 pub mod server;
+pub mod upgrade;
 pub mod value;
 pub mod yaml;

@@ -116,18 +116,20 @@ fn app_pod(config: Option<&Config>, native: bool) -> Value {
     )
 }
 
-/// istiod's output for one of the reference inputs (a Deployment), as its pod is stored.
+/// istiod's output for one of Istio's own test inputs (a Deployment; the files in
+/// `tests/golden/istio` and `tests/golden/outdated/istiod` are istiod's, unchanged), as its pod
+/// is stored.
 ///
 /// istiod injected these from manifests that had not been through the API server; in a
 /// cluster the pod it sees is defaulted, so its container ports carry `protocol: TCP`, and so
 /// does `ISTIO_META_POD_PORTS`, which istiod writes from them. That one value is written here as
 /// istiod writes it for a defaulted pod; the rest is istiod's output as it is.
 fn istiod_pod(file: &str) -> Value {
-    let path = Path::new("/work/shared/reference/istio-examples").join(file);
-    let path = if path.exists() {
-        path
+    let shared = root().join("tests/golden/istio").join(file);
+    let path = if shared.exists() {
+        shared
     } else {
-        root().join("tests/golden/istio").join(file)
+        golden_dir().join("istiod").join(file)
     };
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));

@@ -9,7 +9,8 @@
 //! - [`selection`]: which revision a namespace and pod labels select.
 //! - [`owners`]: the workload a pod belongs to, and what restarts it.
 //! - [`report`]: pods grouped by workload, as text or JSON.
-//! - [`pace`]: the cluster-wide pod budget of a rollout; [`progress`]: kubectl's rollout status.
+//! - [`pace`]: the cluster-wide pod budget of a rollout; [`rollout`]: the restart patch and
+//!   kubectl's rollout status.
 
 use std::collections::HashSet;
 
@@ -19,7 +20,11 @@ use crate::config::Config;
 use crate::inject::{self, InjectError, Outcome, Request, TEMPLATES_ANNOTATION};
 
 pub mod compare;
+pub mod owners;
+pub mod pace;
 pub mod reason;
+pub mod report;
+pub mod rollout;
 pub mod selection;
 
 pub use compare::{Difference, Status};
@@ -164,10 +169,13 @@ pub fn assess(
             let missing = reason::missing_marker(&differences, &markers);
             let mut reasons = Vec::new();
             if !missing.is_empty() {
-                reasons.push(Reason::OtherInjector(format!(
-                    "it lacks {}, which this injector adds to every pod (injectedAnnotations), or it was injected before that was configured",
-                    missing.join(", ")
-                )));
+                reasons.push(Reason::OtherInjector {
+                    why: format!(
+                        "it lacks {}, which this injector adds to every pod (injectedAnnotations), or it was injected before that was configured",
+                        missing.join(", ")
+                    ),
+                    refused: false,
+                });
             }
             let rest: Vec<Difference> = differences
                 .into_iter()
@@ -187,15 +195,18 @@ pub fn assess(
             Ok(Verdict::Stale(vec![if unknown.is_empty() {
                 Reason::Refused(denial.to_string())
             } else {
-                Reason::OtherInjector(format!(
-                    "it asks for the template{} {} ({TEMPLATES_ANNOTATION}), which this injector does not have; re-created, it would be refused",
-                    if unknown.len() == 1 { "" } else { "s" },
-                    unknown
-                        .iter()
-                        .map(|u| reason::shown(u))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
+                Reason::OtherInjector {
+                    why: format!(
+                        "it asks for the template{} {} ({TEMPLATES_ANNOTATION}), which this injector does not have; re-created, it would be refused",
+                        if unknown.len() == 1 { "" } else { "s" },
+                        unknown
+                            .iter()
+                            .map(|u| reason::shown(u))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    refused: true,
+                }
             }]))
         }
     }

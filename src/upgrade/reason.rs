@@ -52,8 +52,9 @@ pub enum Reason {
     },
     /// The templates or values changed what is injected.
     Changed(Vec<Change>),
-    /// Not this injector's injection: why we can tell.
-    OtherInjector(String),
+    /// Not this injector's injection: why we can tell, and whether the injector would refuse the
+    /// pod if it were re-created.
+    OtherInjector { why: String, refused: bool },
     /// Not injected although its namespace (or its labels) ask for it.
     NotInjected {
         selected: Selected,
@@ -123,11 +124,19 @@ impl Reason {
             Reason::Image { .. } => Kind::Image,
             Reason::Revision { .. } => Kind::Revision,
             Reason::Changed(_) => Kind::Changed,
-            Reason::OtherInjector(_) => Kind::OtherInjector,
+            Reason::OtherInjector { .. } => Kind::OtherInjector,
             Reason::NotInjected { .. } => Kind::NotInjected,
             Reason::Refused(_) => Kind::Refused,
             Reason::NoLongerInjected(_) => Kind::NoLongerInjected,
         }
+    }
+
+    /// Whether re-creating the pod would fail: the injector refuses it now.
+    pub fn blocks_restart(&self) -> bool {
+        matches!(
+            self,
+            Reason::Refused(_) | Reason::OtherInjector { refused: true, .. }
+        )
     }
 
     /// `{"kind": ..., "message": ..., details}` for `-o json`.
@@ -239,7 +248,7 @@ impl fmt::Display for Reason {
                 }
                 Ok(())
             }
-            Reason::OtherInjector(why) => write!(f, "injected by another injector: {why}"),
+            Reason::OtherInjector { why, .. } => write!(f, "injected by another injector: {why}"),
             Reason::NotInjected {
                 selected,
                 namespace,

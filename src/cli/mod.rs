@@ -1,4 +1,4 @@
-//! The command line: `serve`, `inject`, `analyze`.
+//! The command line: `serve`, `inject`, `analyze`, `outdated`, `rollout`.
 
 use std::process::ExitCode;
 
@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 
 pub mod analyze;
 pub mod inject;
+pub mod outdated;
+pub mod rollout;
 pub mod serve;
 
 /// Istio sidecar injector: a Kubernetes mutating admission webhook and a manual injection tool.
@@ -24,6 +26,12 @@ pub enum Command {
     Inject(inject::InjectArgs),
     /// Check manifests for the pitfalls of running under a sidecar mesh.
     Analyze(analyze::AnalyzeArgs),
+    /// List the running pods whose sidecar differs from what would be injected now, by
+    /// workload, with why.
+    Outdated(outdated::OutdatedArgs),
+    /// Restart Deployments, StatefulSets and DaemonSets at a safe pace to give their pods the
+    /// current sidecar.
+    Rollout(rollout::RolloutArgs),
 }
 
 impl Cli {
@@ -33,6 +41,8 @@ impl Cli {
             Command::Serve(args) => serve::run(args),
             Command::Inject(args) => inject::run(args),
             Command::Analyze(args) => analyze::run(args),
+            Command::Outdated(args) => outdated::run(args),
+            Command::Rollout(args) => rollout::run(args),
         }
     }
 }

@@ -21,6 +21,12 @@ use sidecar_injector::manifest;
 /// The pod a controller creates from a workload document (a Pod document is taken as is).
 /// `n` tells replicas apart.
 pub fn pod_of(doc: &Value, n: usize) -> Value {
+    pod_of_revision(doc, n, "7d4b9c8f5")
+}
+
+/// [`pod_of`] for the template revision `hash` (a Deployment's pod-template-hash, a
+/// StatefulSet's or DaemonSet's controller-revision-hash).
+pub fn pod_of_revision(doc: &Value, n: usize, hash: &str) -> Value {
     let kind = doc["kind"].as_str().unwrap_or("Pod");
     let name = doc["metadata"]["name"]
         .as_str()
@@ -45,7 +51,6 @@ pub fn pod_of(doc: &Value, n: usize) -> Value {
     }
     let meta = &mut pod["metadata"];
     meta["namespace"] = json!(namespace);
-    let hash = "7d4b9c8f5";
     let owner = |kind: &str, api: &str, owner_name: &str| {
         json!([{"apiVersion": api, "kind": kind, "name": owner_name,
                 "uid": format!("uid-{}", owner_name), "controller": true,

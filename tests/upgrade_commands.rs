@@ -686,3 +686,35 @@ async fn rollout_refuses_unclear_requests() {
         run.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outdated_judges_with_the_native_sidecar_flag_the_injector_runs_with() {
+    // The chart passes --native-sidecars to `serve`, not through the ConfigMap: here the
+    // ConfigMap says auto (and the kubelets are too old), the injector runs with true.
+    let cluster = base(Duration::from_millis(10)).await;
+    cluster.add_workload(deployment("shop", "cart", 1), Some(&current()));
+    let dir = tempfile::tempdir().unwrap();
+    let run = binary(&cluster, dir.path(), &["outdated", "-n", "shop"]).await;
+    assert!(run.stdout.starts_with("every sidecar is up to date"), "{}", run.stdout);
+
+    let mut injector = deployment("sidecar-injector", "sidecar-injector", 2);
+    injector["spec"]["template"]["spec"]["containers"] = json!([{
+        "name": "sidecar-injector", "image": "registry.example.com/sidecar-injector:0.1.0",
+        "args": ["serve", "--config-dir=/etc/sidecar-injector/config", "--native-sidecars=true"]}]);
+    cluster.put(injector);
+    let run = binary(&cluster, dir.path(), &["outdated", "-n", "shop"]).await;
+    assert!(
+        run.stdout
+            .contains("istio-proxy from a classic sidecar to a native sidecar"),
+        "{}",
+        run.stdout
+    );
+    // The command line's flag wins.
+    let run = binary(
+        &cluster,
+        dir.path(),
+        &["outdated", "-n", "shop", "--native-sidecars", "auto"],
+    )
+    .await;
+    assert!(run.stdout.starts_with("every sidecar is up to date"), "{}", run.stdout);
+}

@@ -80,14 +80,16 @@ pub struct TargetArgs {
     pub mesh: Option<PathBuf>,
 
     /// Native sidecars as the webhook decides them (`true`, `false`, `auto`); default: the
+    /// `--native-sidecars` of the injector's Deployment (named as the ConfigMap), else the
     /// configuration's `sidecarInjectorWebhook.nativeSidecars`. `auto` reads the nodes'
     /// kubelet versions, as the webhook does.
     #[arg(long, value_name = "true|false|auto")]
     pub native_sidecars: Option<NativeMode>,
 
-    /// Lowest kubelet version for native sidecars `auto` (as `serve`'s flag).
-    #[arg(long, value_name = "VERSION", default_value = "1.33")]
-    pub native_sidecars_min_kubelet: Version,
+    /// Lowest kubelet version for native sidecars `auto` (as `serve`'s flag); default: the
+    /// injector Deployment's, else 1.33.
+    #[arg(long, value_name = "VERSION")]
+    pub native_sidecars_min_kubelet: Option<Version>,
 }
 
 impl TargetArgs {
@@ -158,14 +160,27 @@ impl TargetArgs {
         Ok((config, format!("ConfigMap {ns}/{name}")))
     }
 
-    /// Whether a pod created now gets a native sidecar.
+    /// Whether a pod created now gets a native sidecar: the flag, else what the injector runs
+    /// with (its Deployment's flags, else its configuration).
     pub async fn native(&self, client: &kube::Client, config: &Config) -> anyhow::Result<bool> {
-        match self.native_sidecars.unwrap_or_else(|| config.native_mode()) {
+        let (ns, name) = self.configmap()?;
+        let running = match (self.native_sidecars, self.native_sidecars_min_kubelet) {
+            (Some(_), Some(_)) => None,
+            _ => gather::injector_flags(client, &ns, &name).await,
+        };
+        let (running_mode, running_min) = running.unwrap_or((None, None));
+        let mode = self
+            .native_sidecars
+            .or(running_mode)
+            .unwrap_or_else(|| config.native_mode());
+        let min = self
+            .native_sidecars_min_kubelet
+            .or(running_min)
+            .unwrap_or(cluster::DEFAULT_MIN_KUBELET);
+        match mode {
             NativeMode::Enabled => Ok(true),
             NativeMode::Disabled => Ok(false),
-            NativeMode::Auto => {
-                Ok(gather::native_from_nodes(client, self.native_sidecars_min_kubelet).await?)
-            }
+            NativeMode::Auto => Ok(gather::native_from_nodes(client, min).await?),
         }
     }
 

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node};
 use kube::Api;
@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use super::kubelet::Version;
 use super::nodes::NodeVersions;
-use crate::config::{Config, ConfigError, Sources};
+use crate::config::{Config, ConfigError, NativeMode, Sources};
 use crate::upgrade::owners::Owners;
 use crate::upgrade::report::{Collector, Report};
 use crate::upgrade::{Target, assess};
@@ -119,6 +119,54 @@ pub async fn config_map(
         name: name.into(),
         source,
     })
+}
+
+/// The native-sidecar flags the injector's own Deployment runs `serve` with (the chart passes
+/// `--native-sidecars` and `--native-sidecars-min-kubelet` on the command line, not in the
+/// ConfigMap), or from its container's environment. `None` when the Deployment cannot be read
+/// (absent, or no RBAC for it): the caller falls back to the configuration's values.
+pub async fn injector_flags(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Option<(Option<NativeMode>, Option<Version>)> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let deployment = api.get_opt(name).await.ok()??;
+    let containers = deployment.spec.template.spec?.containers;
+    let container = containers
+        .iter()
+        .find(|c| c.name == "sidecar-injector")
+        .or(containers.first())?;
+    let words: Vec<&str> = container
+        .command
+        .iter()
+        .flatten()
+        .chain(container.args.iter().flatten())
+        .map(String::as_str)
+        .collect();
+    let flag = |name: &str| -> Option<String> {
+        let mut found = None;
+        for (i, w) in words.iter().enumerate() {
+            if let Some(v) = w.strip_prefix(&format!("--{name}=")) {
+                found = Some(v.to_string());
+            } else if *w == format!("--{name}") {
+                found = words.get(i + 1).map(|v| v.to_string());
+            }
+        }
+        found.or_else(|| {
+            let env = format!("SIDECAR_INJECTOR_{}", name.to_uppercase().replace('-', "_"));
+            container
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == env)
+                .and_then(|e| e.value.clone())
+        })
+    };
+    Some((
+        flag("native-sidecars").and_then(|v| v.parse().ok()),
+        flag("native-sidecars-min-kubelet").and_then(|v| v.parse().ok()),
+    ))
 }
 
 /// Native sidecars `auto`, decided as the webhook decides it for a pod not yet scheduled:

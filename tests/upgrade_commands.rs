@@ -63,7 +63,14 @@ async fn upgraded_cluster(step: Duration) -> Cluster {
 
     cluster.add_workload(deployment("shop", "cart", 3), Some(&old));
     cluster.add_workload(deployment("shop", "web", 2), Some(&current));
-    cluster.add_workload(stateful_set("shop", "db", 2), Some(&old));
+    // Injected by the release before, with DNS capture on and a smaller memory limit.
+    let mut sources = Sources::embedded();
+    sources.values =
+        r#"{"global": {"tag": "1.27.3", "proxy": {"resources": {"limits": {"memory": "512Mi"}}}}}"#
+            .into();
+    sources.mesh = "defaultConfig: {proxyMetadata: {ISTIO_META_DNS_CAPTURE: \"true\"}}".into();
+    let old_db = Config::from_sources(&sources).unwrap();
+    cluster.add_workload(stateful_set("shop", "db", 2), Some(&old_db));
     cluster.add_workload(daemon_set("shop", "agent"), Some(&old));
     // Created while the injector was down, with failurePolicy Ignore.
     cluster.add_workload(deployment("shop", "late", 1), None);
@@ -695,7 +702,11 @@ async fn outdated_judges_with_the_native_sidecar_flag_the_injector_runs_with() {
     cluster.add_workload(deployment("shop", "cart", 1), Some(&current()));
     let dir = tempfile::tempdir().unwrap();
     let run = binary(&cluster, dir.path(), &["outdated", "-n", "shop"]).await;
-    assert!(run.stdout.starts_with("every sidecar is up to date"), "{}", run.stdout);
+    assert!(
+        run.stdout.starts_with("every sidecar is up to date"),
+        "{}",
+        run.stdout
+    );
 
     let mut injector = deployment("sidecar-injector", "sidecar-injector", 2);
     injector["spec"]["template"]["spec"]["containers"] = json!([{
@@ -716,5 +727,165 @@ async fn outdated_judges_with_the_native_sidecar_flag_the_injector_runs_with() {
         &["outdated", "-n", "shop", "--native-sidecars", "auto"],
     )
     .await;
-    assert!(run.stdout.starts_with("every sidecar is up to date"), "{}", run.stdout);
+    assert!(
+        run.stdout.starts_with("every sidecar is up to date"),
+        "{}",
+        run.stdout
+    );
+}
+
+/// The YAML blocks of a markdown file, as documents.
+fn yaml_blocks(markdown: &str) -> Vec<Value> {
+    let mut docs = Vec::new();
+    let mut rest = markdown;
+    while let Some(start) = rest.find("```yaml\n") {
+        let body = &rest[start + 8..];
+        let end = body.find("```").expect("a closed block");
+        docs.extend(sidecar_injector::yaml::parse_documents(&body[..end]).unwrap());
+        rest = &body[end + 3..];
+    }
+    docs
+}
+
+fn docs() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/upgrades.md")).unwrap()
+}
+
+fn roles(names: &[&str]) -> fake_cluster::Rbac {
+    let docs: Vec<Value> = yaml_blocks(&docs())
+        .into_iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+        .filter(|d| names.iter().any(|n| d["metadata"]["name"] == *n))
+        .collect();
+    assert!(!docs.is_empty());
+    fake_cluster::Rbac::from_roles(&docs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rbac_in_the_docs_is_what_the_commands_need() {
+    let cluster = upgraded_cluster(Duration::from_millis(10)).await;
+    let dir = tempfile::tempdir().unwrap();
+    cluster.enforce(roles(&["sidecar-injector-outdated"]));
+    let run = binary(&cluster, dir.path(), &["outdated", "-A"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    check_golden("report.txt", &run.stdout);
+    let run = binary(&cluster, dir.path(), &["outdated", "-n", "shop"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+
+    // Without the rollout role, a rollout is refused, and the message says where the RBAC is.
+    let run = binary(
+        &cluster,
+        dir.path(),
+        &["rollout", "--outdated", "-n", "shop"],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("daemonsets is forbidden") && run.stdout.contains("docs/upgrades.md"),
+        "{}",
+        run.stdout
+    );
+    assert!(cluster.patches().is_empty());
+
+    cluster.enforce(roles(&[
+        "sidecar-injector-outdated",
+        "sidecar-injector-rollout",
+    ]));
+    let run = binary(
+        &cluster,
+        dir.path(),
+        &["rollout", "--outdated", "-n", "shop", "--parallel", "4"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.starts_with("rolled out 4 of 4 workloads"),
+        "{}",
+        run.stdout
+    );
+    // Named workloads need the rollout role only.
+    cluster.enforce(roles(&["sidecar-injector-rollout"]));
+    let run = binary(
+        &cluster,
+        dir.path(),
+        &["rollout", "deployment/cart", "-n", "shop"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    // And without the outdated role, outdated says what it could not read.
+    let run = binary(&cluster, dir.path(), &["outdated", "-n", "shop"]).await;
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("is forbidden"), "{}", run.stderr);
+}
+
+#[test]
+fn the_docs_show_real_output_and_a_cronjob_that_parses() {
+    let report = std::fs::read_to_string(golden("report.txt")).unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    assert!(
+        readme.contains(&report),
+        "README's outdated example is not the command's output"
+    );
+    assert!(
+        docs().contains(&report),
+        "docs/upgrades.md's example is not the command's output"
+    );
+    let revision = std::fs::read_to_string(golden("revision-report.txt")).unwrap();
+    assert!(
+        docs().contains(&revision),
+        "docs/upgrades.md's revision example is stale"
+    );
+
+    let cron = yaml_blocks(&docs())
+        .into_iter()
+        .find(|d| d["kind"] == "CronJob")
+        .expect("a CronJob example");
+    let container = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
+    let mut argv = vec!["sidecar-injector".to_string()];
+    argv.extend(
+        container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string()),
+    );
+    match Cli::try_parse_from(&argv) {
+        Ok(Cli {
+            command: Command::Outdated(_),
+        }) => {}
+        other => panic!("{argv:?}: {other:?}"),
+    }
+    assert_eq!(
+        cron["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]["sidecar.istio.io/inject"],
+        "false",
+        "the report's own pod must not be injected, or its Job never completes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_moved_to_another_revision_is_stale_for_that_revision() {
+    let cluster = base(Duration::from_millis(10)).await;
+    cluster.put(config_map(
+        "sidecar-injector",
+        "sidecar-injector-canary",
+        r#"{"revision": "canary", "sidecarInjectorWebhook": {"nativeSidecars": false}}"#,
+    ));
+    cluster.add_workload(deployment("shop", "cart", 3), Some(&current()));
+    cluster.put(namespace("shop", json!({"istio.io/rev": "canary"})));
+    let dir = tempfile::tempdir().unwrap();
+    let run = binary(
+        &cluster,
+        dir.path(),
+        &[
+            "outdated",
+            "-n",
+            "shop",
+            "--configmap",
+            "sidecar-injector/sidecar-injector-canary",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    check_golden("revision-report.txt", &run.stdout);
 }

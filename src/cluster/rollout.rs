@@ -21,6 +21,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use serde::de::DeserializeOwned;
 
+use super::upgrade::explain;
 use crate::upgrade::pace::Budget;
 use crate::upgrade::rollout::{Kind, Status, Workload, restart_patch, timestamp};
 
@@ -267,7 +268,7 @@ async fn wait_for(
                         Status::Waiting(m) | Status::Done(m) | Status::Failed(m) => m,
                     },
                     Ok(None) => "it no longer exists".into(),
-                    Err(e) => format!("cannot read it: {e}"),
+                    Err(e) => format!("cannot read it: {}", explain(&e)),
                 };
                 Err(format!(
                     "its rollout did not finish within {}: {stood}",
@@ -357,7 +358,7 @@ pub async fn run(
                 continue;
             }
             Err(e) => {
-                let why = format!("cannot read it: {e}");
+                let why = format!("cannot read it: {}", explain(&e));
                 events.event(Event::Failed {
                     item: item.clone(),
                     why: why.clone(),
@@ -430,7 +431,7 @@ pub async fn run(
         } else {
             let at = timestamp(clock());
             if let Err(e) = restart(client, &item, &at, &settings.field_manager).await {
-                let why = format!("the restart was refused: {e}");
+                let why = format!("the restart was refused: {}", explain(&e));
                 events.event(Event::Failed {
                     item: item.clone(),
                     why: why.clone(),

@@ -69,7 +69,7 @@ pub enum UpgradeError {
 }
 
 /// The API server's own words for a refusal, with a pointer to the RBAC a command needs.
-fn explain(e: &kube::Error) -> String {
+pub(crate) fn explain(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(status) if status.is_forbidden() => format!(
             "{} (the RBAC for this command is in docs/upgrades.md)",

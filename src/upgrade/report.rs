@@ -241,15 +241,16 @@ impl Report {
             ));
         } else {
             out.push_str(&format!(
-                "{} of {} have stale pods ({} stale)\n",
+                "{} of {} {} stale pods ({} stale)\n",
                 self.stale.len(),
                 plural(workloads, "meshed workload", "meshed workloads"),
+                if self.stale.len() == 1 { "has" } else { "have" },
                 plural(stale_pods, "pod", "pods")
             ));
             let rollable = self.stale.iter().filter(|w| w.rollable()).count();
             if rollable > 0 {
                 out.push_str(&format!(
-                    "restart {}: sidecar-injector rollout --outdated\n",
+                    "restart {} with sidecar-injector rollout --outdated and the same flags\n",
                     if rollable == 1 {
                         "it".to_string()
                     } else {
@@ -260,9 +261,15 @@ impl Report {
         }
         for (revision, n) in &self.other_revisions {
             out.push_str(&format!(
-                "{} of revision {} not judged: their namespaces select that revision, which this injector does not serve\n",
+                "{} of revision {} not judged: {} that revision, which this injector does not serve (judge {} with that revision's --configmap)\n",
                 plural(*n, "pod", "pods"),
-                shown(revision)
+                shown(revision),
+                if *n == 1 {
+                    "its namespace selects"
+                } else {
+                    "their namespaces select"
+                },
+                if *n == 1 { "it" } else { "them" }
             ));
         }
         for e in &self.errors {
@@ -395,8 +402,8 @@ shop       Pod/debug        1/1    proxy image docker.io/istio/proxyv2:1.27.3 ->
                                    what to do: a pod no controller owns: delete it and create it again
 
 2 of 3 meshed workloads have stale pods (4 pods stale)
-restart it: sidecar-injector rollout --outdated
-1 pod of revision canary not judged: their namespaces select that revision, which this injector does not serve
+restart it with sidecar-injector rollout --outdated and the same flags
+1 pod of revision canary not judged: its namespace selects that revision, which this injector does not serve (judge it with that revision's --configmap)
 "
         );
         let json = report.json();

@@ -80,6 +80,66 @@ struct State0 {
     rolling: usize,
     most_rolling: usize,
     pod_counter: usize,
+    /// When set, requests are authorized against these rules, as RBAC would.
+    rbac: Option<Rbac>,
+}
+
+/// RBAC rules granted to the client: ClusterRoles (bound cluster-wide) and Roles (bound in
+/// their namespace).
+#[derive(Debug, Clone, Default)]
+pub struct Rbac {
+    cluster: Vec<Value>,
+    namespaced: Vec<(String, Value)>,
+}
+
+impl Rbac {
+    /// From ClusterRole and Role documents.
+    pub fn from_roles(docs: &[Value]) -> Rbac {
+        let mut rbac = Rbac::default();
+        for doc in docs {
+            let rules = doc["rules"].as_array().cloned().unwrap_or_default();
+            match doc["kind"].as_str() {
+                Some("ClusterRole") => rbac.cluster.extend(rules),
+                Some("Role") => {
+                    let ns = doc["metadata"]["namespace"].as_str().unwrap_or("default");
+                    rbac.namespaced
+                        .extend(rules.into_iter().map(|r| (ns.to_string(), r)));
+                }
+                _ => {}
+            }
+        }
+        rbac
+    }
+
+    fn allows(
+        &self,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        namespace: &str,
+        name: Option<&str>,
+    ) -> bool {
+        let has = |list: &Value, want: &str| {
+            list.as_array()
+                .is_some_and(|l| l.iter().any(|v| v == want || v == "*"))
+        };
+        let matches = |rule: &Value| {
+            has(&rule["verbs"], verb)
+                && has(&rule["apiGroups"], group)
+                && has(&rule["resources"], resource)
+                && match rule["resourceNames"].as_array() {
+                    None => true,
+                    Some(names) if names.is_empty() => true,
+                    Some(names) => name.is_some_and(|n| names.iter().any(|x| x == n)),
+                }
+        };
+        self.cluster.iter().any(matches)
+            || (!namespace.is_empty()
+                && self
+                    .namespaced
+                    .iter()
+                    .any(|(ns, rule)| ns == namespace && matches(rule)))
+    }
 }
 
 /// The stand-in cluster.
@@ -184,6 +244,7 @@ impl Cluster {
                 rolling: 0,
                 most_rolling: 0,
                 pod_counter: 0,
+                rbac: None,
             })),
             events,
             start: tokio::time::Instant::now(),
@@ -339,6 +400,12 @@ impl Cluster {
     /// The most rollouts under way at once so far.
     pub fn most_rolling(&self) -> usize {
         self.state.lock().unwrap().most_rolling
+    }
+
+    /// Authorizes every later request against `rbac` (403 otherwise, with the API server's
+    /// message).
+    pub fn enforce(&self, rbac: Rbac) {
+        self.state.lock().unwrap().rbac = Some(rbac);
     }
 
     pub fn behave(&self, kind: &str, namespace: &str, name: &str, b: Behaviour) {
@@ -644,6 +711,38 @@ async fn handle(
         );
     };
     let key = (gv.clone(), resource.clone());
+    let watching = params
+        .watch
+        .as_deref()
+        .is_some_and(|w| w == "true" || w == "1");
+    let verb = match (&method, &name) {
+        (&Method::GET, Some(_)) => "get",
+        (&Method::GET, None) if watching => "watch",
+        (&Method::GET, None) => "list",
+        (&Method::PATCH, _) => "patch",
+        _ => "other",
+    };
+    let group = gv
+        .strip_prefix("apis/")
+        .and_then(|g| g.split('/').next())
+        .unwrap_or("");
+    let rbac = cluster.state.lock().unwrap().rbac.clone();
+    if let Some(rbac) = rbac
+        && !rbac.allows(verb, group, &resource, &namespace, name.as_deref())
+    {
+        let scope = if namespace.is_empty() {
+            "at the cluster scope".to_string()
+        } else {
+            format!("in the namespace \"{namespace}\"")
+        };
+        return status(
+            403,
+            "Forbidden",
+            format!(
+                "{resource} is forbidden: User \"fake\" cannot {verb} resource \"{resource}\" in API group \"{group}\" {scope}"
+            ),
+        );
+    }
     match (method, name) {
         (Method::GET, Some(name)) => {
             let object = cluster

@@ -95,6 +95,8 @@ pub struct Plan {
     pub items: Vec<Item>,
     /// `(workload, what to do)`.
     pub left_alone: Vec<(String, String)>,
+    /// Pods `outdated` could not judge: their workloads are not in the plan.
+    pub errors: Vec<String>,
 }
 
 /// Works out what to restart.
@@ -126,10 +128,14 @@ pub async fn plan(args: &RolloutArgs, client: &kube::Client) -> anyhow::Result<P
                 })
                 .collect(),
             left_alone: Vec::new(),
+            errors: Vec::new(),
         });
     }
     let report = args.target.report(client).await?;
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        errors: report.errors.clone(),
+        ..Plan::default()
+    };
     for w in &report.stale {
         let kind = Kind::parse(&w.workload.kind).filter(|_| w.restart == Restart::Rollout);
         if !named.is_empty()
@@ -217,6 +223,9 @@ pub fn summary_text(plan: &Plan, summary: &Summary, dry_run: bool, elapsed: Dura
     }
     for (label, what) in &plan.left_alone {
         let _ = writeln!(out, "left alone: {label}: {what}");
+    }
+    for e in &plan.errors {
+        let _ = writeln!(out, "not judged: {e}");
     }
     out
 }
@@ -359,7 +368,7 @@ impl Events for Bars {
     }
 }
 
-/// Plans and runs; returns the closing text and whether a rollout failed.
+/// Runs the plan with the flags' settings.
 pub async fn execute(
     args: &RolloutArgs,
     client: &kube::Client,

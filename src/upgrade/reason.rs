@@ -394,7 +394,7 @@ pub fn reasons(differences: &[Difference], injected: &HashSet<String>) -> Vec<Re
     // (from, to) -> containers
     let mut images: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     // container -> field -> item marks
-    let mut fields: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    let mut fields: BTreeMap<String, BTreeMap<String, Marks>> = BTreeMap::new();
     let mut probes = ProbeChanges::default();
     let mut changes: Vec<Change> = Vec::new();
     let mut injected_lists: BTreeMap<Listed, (Vec<String>, Vec<String>)> = BTreeMap::new();
@@ -490,10 +490,16 @@ pub fn reasons(differences: &[Difference], injected: &HashSet<String>) -> Vec<Re
         let fields = by_field
             .into_iter()
             .map(|(field, marks)| {
-                if marks.is_empty() {
+                if marks.list.is_empty() {
                     field
+                } else if marks.more > 0 {
+                    format!(
+                        "{field} ({}, and {} more)",
+                        marks.list.join(", "),
+                        marks.more
+                    )
                 } else {
-                    format!("{field} ({})", marks.join(", "))
+                    format!("{field} ({})", marks.list.join(", "))
                 }
             })
             .collect();
@@ -520,6 +526,29 @@ pub fn reasons(differences: &[Difference], injected: &HashSet<String>) -> Vec<Re
     out
 }
 
+/// What changed within one field (`+NAME`, `limits`), the first few of them: a pod whose
+/// thousands of env vars all changed still gets a reason of one line.
+#[derive(Default)]
+struct Marks {
+    list: Vec<String>,
+    more: usize,
+}
+
+impl Marks {
+    const MAX: usize = 12;
+
+    fn add(&mut self, mark: String) {
+        if self.list.contains(&mark) {
+            return;
+        }
+        if self.list.len() < Marks::MAX {
+            self.list.push(mark);
+        } else {
+            self.more += 1;
+        }
+    }
+}
+
 #[derive(Default)]
 struct ProbeChanges {
     rewritten: Vec<String>,
@@ -535,7 +564,7 @@ fn field_difference(
     removed: bool,
     injected: &HashSet<String>,
     images: &mut BTreeMap<(String, String), Vec<String>>,
-    fields: &mut BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    fields: &mut BTreeMap<String, BTreeMap<String, Marks>>,
     probes: &mut ProbeChanges,
 ) {
     let [Seg::Item(container), rest @ ..] = path else {
@@ -603,28 +632,42 @@ fn field_difference(
                 } else {
                     "~"
                 };
-                let mark = format!("{sign}{}", shown(item));
-                if !marks.contains(&mark) {
-                    marks.push(mark);
-                }
+                marks.add(format!("{sign}{}", shown(item)));
             } else if removed && rest.is_empty() {
-                let mark = "no longer set".to_string();
-                if !marks.contains(&mark) {
-                    marks.push(mark);
-                }
+                marks.add("no longer set".to_string());
             } else if let (false, Some(first)) = (removed, rest.first()) {
                 // e.g. resources -> limits, securityContext -> capabilities
-                let sub = key(first);
-                if f != "args" && f != "command" && !marks.contains(&sub) {
-                    marks.push(sub);
+                if f != "args" && f != "command" {
+                    marks.add(key(first));
                 }
             } else if removed && let Some(first) = rest.first() {
-                let mark = format!("{} no longer set", key(first));
-                if !marks.contains(&mark) {
-                    marks.push(mark);
-                }
+                marks.add(format!("{} no longer set", key(first)));
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_stays_one_short_line_however_many_fields_changed() {
+        let differences: Vec<Difference> = (0..500)
+            .map(|i| Difference::Removed {
+                path: vec![
+                    Seg::Item("istio-proxy".into()),
+                    Seg::Key("env".into()),
+                    Seg::Item(format!("VAR_{i}\n")),
+                ],
+                live: None,
+            })
+            .collect();
+        let injected: HashSet<String> = ["istio-proxy".to_string()].into();
+        let text = reasons(&differences, &injected)[0].to_string();
+        assert!(text.ends_with("-VAR_11\\n, and 488 more)"), "{text}");
+        assert!(text.len() < 300, "{}", text.len());
+        assert!(!text.contains('\n'));
     }
 }

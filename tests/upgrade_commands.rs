@@ -889,3 +889,32 @@ async fn a_namespace_moved_to_another_revision_is_stale_for_that_revision() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     check_golden("revision-report.txt", &run.stdout);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_second_restart_within_the_same_second_still_restarts() {
+    // kubectl's restartedAt has whole seconds: two restarts in one second would write the same
+    // value, a patch that changes nothing, and the second would wait on the first's status.
+    let cluster = base(Duration::from_secs(5)).await;
+    cluster.add_workload(deployment("shop", "cart", 1), Some(&old()));
+    cluster.behave("Deployment", "shop", "cart", Behaviour::Fail);
+    let client = cluster.client().await;
+    let args = rollout_args(&["deployment/cart", "-n", "shop"]);
+    let plan = plan(&args, &client).await.unwrap();
+    let stopped = || time::OffsetDateTime::from_unix_timestamp(1_795_000_000).unwrap();
+    let first = execute(&args, &client, &stopped, &Recorder::new(), &plan).await;
+    assert_eq!(first.failed.len(), 1, "{first:?}");
+    cluster.behave("Deployment", "shop", "cart", Behaviour::Succeed);
+    let second = execute(&args, &client, &stopped, &Recorder::new(), &plan).await;
+    assert!(second.failed.is_empty(), "{second:?}");
+    let values: Vec<String> = cluster
+        .patches()
+        .iter()
+        .map(|p| {
+            p.body["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(values, ["2026-11-18T11:06:40Z", "2026-11-18T11:06:41Z"]);
+}

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 
 use super::upgrade::explain;
 use crate::upgrade::pace::Budget;
-use crate::upgrade::rollout::{Kind, Status, Workload, restart_patch, timestamp};
+use crate::upgrade::rollout::{Kind, Status, Workload, restart_patch, restart_value};
 
 /// One workload to restart.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -429,7 +429,7 @@ pub async fn run(
                 pods,
             });
         } else {
-            let at = timestamp(clock());
+            let at = restart_value(clock(), workload.restarted_at());
             if let Err(e) = restart(client, &item, &at, &settings.field_manager).await {
                 let why = format!("the restart was refused: {}", explain(&e));
                 events.event(Event::Failed {

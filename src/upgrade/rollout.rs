@@ -52,6 +52,18 @@ pub fn restart_patch(at: &str) -> Value {
     json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: at}}}}})
 }
 
+/// The restartedAt value for a restart at `now`: kubectl's, or one second later when the
+/// template already holds that value (a second restart within the same second), since a patch
+/// that changes nothing restarts nothing.
+pub fn restart_value(now: time::OffsetDateTime, current: Option<&str>) -> String {
+    let at = timestamp(now);
+    if current == Some(at.as_str()) {
+        timestamp(now + time::Duration::SECOND)
+    } else {
+        at
+    }
+}
+
 /// `at` as kubectl writes it: RFC 3339 in UTC, whole seconds (`2026-11-23T04:05:06Z`).
 pub fn timestamp(at: time::OffsetDateTime) -> String {
     let at = at.to_offset(time::UtcOffset::UTC);
@@ -159,6 +171,22 @@ impl Workload {
             Workload::StatefulSet(s) => stateful_set_status(s),
             Workload::DaemonSet(d) => daemon_set_status(d),
         }
+    }
+
+    /// The pod template's `kubectl.kubernetes.io/restartedAt`, if any.
+    pub fn restarted_at(&self) -> Option<&str> {
+        let template = match self {
+            Workload::Deployment(d) => &d.spec.template,
+            Workload::StatefulSet(s) => &s.spec.template,
+            Workload::DaemonSet(d) => &d.spec.template,
+        };
+        template
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()?
+            .get(RESTARTED_AT)
+            .map(String::as_str)
     }
 
     /// A short name for messages: `deployment "cart"`.
@@ -327,6 +355,20 @@ mod tests {
         assert_eq!(
             restart_patch("2026-11-18T11:06:40Z").to_string(),
             r#"{"spec":{"template":{"metadata":{"annotations":{"kubectl.kubernetes.io/restartedAt":"2026-11-18T11:06:40Z"}}}}}"#
+        );
+    }
+
+    #[test]
+    fn a_second_restart_in_the_same_second_still_changes_the_template() {
+        let now = time::OffsetDateTime::from_unix_timestamp(1_795_000_000).unwrap();
+        assert_eq!(restart_value(now, None), "2026-11-18T11:06:40Z");
+        assert_eq!(
+            restart_value(now, Some("2026-11-18T11:06:40Z")),
+            "2026-11-18T11:06:41Z"
+        );
+        assert_eq!(
+            restart_value(now, Some("2026-11-18T10:00:00Z")),
+            "2026-11-18T11:06:40Z"
         );
     }
 

@@ -569,15 +569,17 @@ impl Cluster {
             match behaviour {
                 Behaviour::Hang => return,
                 Behaviour::Fail => {
+                    // One new pod that never becomes ready; the old ones stay.
+                    let stuck = json!({"replicas": replicas + 1, "readyReplicas": replicas,
+                        "availableReplicas": replicas, "unavailableReplicas": 1});
                     tokio::time::sleep(cluster.step).await;
-                    set_status(1, json!({}));
+                    set_status(1, stuck.clone());
                     tokio::time::sleep(cluster.deadline).await;
-                    set_status(
-                        1,
-                        json!({"conditions": [{"type": "Progressing", "status": "False",
-                            "reason": "ProgressDeadlineExceeded",
-                            "message": format!("ReplicaSet \"{name}-{hash}\" has timed out progressing.")}]}),
-                    );
+                    let mut failed = stuck;
+                    failed["conditions"] = json!([{"type": "Progressing", "status": "False",
+                        "reason": "ProgressDeadlineExceeded",
+                        "message": format!("ReplicaSet \"{name}-{hash}\" has timed out progressing.")}]);
+                    set_status(1, failed);
                     cluster.state.lock().unwrap().rolling -= 1;
                     return;
                 }

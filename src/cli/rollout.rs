@@ -441,3 +441,65 @@ impl Events for CountingBars<'_> {
         self.0.event(event);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(name: &str) -> Item {
+        Item {
+            kind: Kind::Deployment,
+            namespace: "shop".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn the_bar_counts_the_pods_of_finished_rollouts() {
+        let bars = Bars::new(0);
+        let counting = CountingBars(&bars);
+        counting.event(Event::Restarted {
+            item: item("a"),
+            pods: 3,
+        });
+        counting.event(Event::Resumed {
+            item: item("b"),
+            pods: 2,
+        });
+        counting.event(Event::Progress {
+            item: item("a"),
+            message: "Waiting".into(),
+        });
+        counting.event(Event::Done {
+            item: item("a"),
+            message: "done".into(),
+        });
+        counting.event(Event::Failed {
+            item: item("b"),
+            why: "deadline".into(),
+        });
+        assert_eq!(bars.total.length(), Some(5));
+        assert_eq!(bars.total.position(), 3);
+        assert!(
+            bars.lines.lock().unwrap().is_empty(),
+            "finished lines are closed"
+        );
+        bars.finish();
+    }
+
+    #[test]
+    fn timeouts_and_workload_names_parse_as_documented() {
+        assert_eq!(parse_timeout("0"), Ok(Timeout(None)));
+        assert_eq!(
+            parse_timeout("1h30m"),
+            Ok(Timeout(Some(Duration::from_secs(5400))))
+        );
+        assert!(parse_timeout("soon").is_err());
+        assert_eq!(
+            parse_workload("sts/db").unwrap(),
+            (Kind::StatefulSet, "db".to_string())
+        );
+        assert!(parse_workload("deploy/Cart").is_err());
+        assert!(parse_workload("deploy/../x").is_err());
+    }
+}

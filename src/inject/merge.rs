@@ -48,8 +48,12 @@ pub(crate) fn merge_into(target: &mut Map<String, Value>, patch: Map<String, Val
     }
 }
 
-/// Merges list items by `key`: an item whose key matches is merged in place, others are
-/// appended in the patch's order.
+/// Merges list items by `key` and orders the result as a strategic merge patch does
+/// (`normalizeElementOrder` in Kubernetes' `strategicpatch`): the patch's items in the patch's
+/// order, with the target's own items (those the patch does not name) woven in by their place
+/// in the target. A target item goes before a patch item only when that patch item was in the
+/// target too and came after it; so items new to the target come first, and the target's own
+/// items follow in their order (a pod's own volume after the injected ones).
 fn merge_list(target: &mut Vec<Value>, patch: Vec<Value>, key: &str) {
     // Entries pair up by key, and a key that occurs more than once (a user's list can hold
     // duplicates) pairs its occurrences in order: the second of the patch with the second of
@@ -60,22 +64,43 @@ fn merge_list(target: &mut Vec<Value>, patch: Vec<Value>, key: &str) {
             index.entry(key_text(k)).or_default().push_back(i);
         }
     }
+    let mut slots: Vec<Option<Value>> = std::mem::take(target).into_iter().map(Some).collect();
+    // The patch's items, merged, each with the target position it was merged into.
+    let mut patched: Vec<(Option<usize>, Value)> = Vec::with_capacity(patch.len());
     for item in patch {
         let found = item
             .get(key)
             .and_then(|k| index.get_mut(&key_text(k)))
             .and_then(VecDeque::pop_front);
-        match (found, item) {
-            (Some(i), Value::Object(p)) => {
-                if let Value::Object(t) = &mut target[i] {
-                    merge_into(t, p);
-                } else {
-                    target[i] = without_nulls(Value::Object(p));
-                }
+        let merged = match (found.and_then(|i| slots[i].take()), item) {
+            (Some(Value::Object(mut t)), Value::Object(p)) => {
+                merge_into(&mut t, p);
+                Value::Object(t)
             }
-            (Some(i), other) => target[i] = without_nulls(other),
-            (None, item) => target.push(without_nulls(item)),
-        }
+            (_, item) => without_nulls(item),
+        };
+        patched.push((found, merged));
+    }
+    let mut own = slots
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, slot)| slot.map(|item| (i, item)))
+        .peekable();
+    let mut patched = patched.into_iter().peekable();
+    target.reserve(own.size_hint().0 + patched.size_hint().0);
+    loop {
+        let own_first = match (own.peek(), patched.peek()) {
+            (None, None) => break,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some((at, _)), Some((was_at, _))) => was_at.is_some_and(|was_at| *at < was_at),
+        };
+        let next = if own_first {
+            own.next().map(|(_, item)| item)
+        } else {
+            patched.next().map(|(_, item)| item)
+        };
+        target.extend(next);
     }
 }
 
@@ -125,8 +150,62 @@ mod tests {
         assert_eq!(
             out,
             json!({"containers": [
-            {"name": "app", "image": "a", "x-unknown": 1, "env": [{"name": "A", "value": "1"}]},
-            {"name": "istio-proxy", "image": "p"}]})
+            {"name": "istio-proxy", "image": "p"},
+            {"name": "app", "image": "a", "x-unknown": 1, "env": [{"name": "A", "value": "1"}]}]})
+        );
+    }
+
+    #[test]
+    fn new_items_come_first_then_the_targets_own_in_their_order() {
+        // A StatefulSet's own volume goes after the injected ones, as in istiod's output.
+        let out = merged(
+            json!({"volumes": [{"name": "data", "hostPath": {"path": "/d"}}, {"name": "cache"}]}),
+            json!({"volumes": [{"name": "istio-envoy"}, {"name": "istio-data"}]}),
+        );
+        assert_eq!(
+            out,
+            json!({"volumes": [{"name": "istio-envoy"}, {"name": "istio-data"},
+                {"name": "data", "hostPath": {"path": "/d"}}, {"name": "cache"}]})
+        );
+    }
+
+    #[test]
+    fn items_in_both_keep_the_patch_order_and_weave_in_the_targets_own() {
+        // Kubernetes' strategicpatch: server [a, b, c], patch [x, b] gives [x, a, b, c].
+        let out = merged(
+            json!({"volumes": [{"name": "a"}, {"name": "b", "v": 1}, {"name": "c"}]}),
+            json!({"volumes": [{"name": "x"}, {"name": "b", "w": 2}]}),
+        );
+        let names: Vec<&str> = out["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["name"].as_str())
+            .collect();
+        assert_eq!(names, ["x", "a", "b", "c"]);
+        assert_eq!(out["volumes"][2], json!({"name": "b", "v": 1, "w": 2}));
+        // Patch order wins over the target's for items in both: [b, a] onto [a, b].
+        let out = merged(
+            json!({"volumes": [{"name": "a"}, {"name": "b"}, {"name": "own"}]}),
+            json!({"volumes": [{"name": "b"}, {"name": "a"}]}),
+        );
+        assert_eq!(
+            out,
+            json!({"volumes": [{"name": "b"}, {"name": "a"}, {"name": "own"}]})
+        );
+    }
+
+    #[test]
+    fn a_user_proxys_own_mounts_and_env_follow_the_templates() {
+        let out = merged(
+            json!({"volumeMounts": [{"mountPath": "/mine", "name": "m"}], "env": [{"name": "EXTRA", "value": "1"}]}),
+            json!({"volumeMounts": [{"mountPath": "/etc/istio/proxy", "name": "istio-envoy"}],
+                   "env": [{"name": "PILOT_CERT_PROVIDER", "value": "istiod"}, {"name": "CA_ADDR", "value": "x"}]}),
+        );
+        assert_eq!(
+            out,
+            json!({"volumeMounts": [{"mountPath": "/etc/istio/proxy", "name": "istio-envoy"}, {"mountPath": "/mine", "name": "m"}],
+                   "env": [{"name": "PILOT_CERT_PROVIDER", "value": "istiod"}, {"name": "CA_ADDR", "value": "x"}, {"name": "EXTRA", "value": "1"}]})
         );
     }
 

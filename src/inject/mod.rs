@@ -16,6 +16,7 @@ use crate::config::Config;
 pub mod annotations;
 pub(crate) mod context;
 mod diff;
+mod go_container;
 pub(crate) mod images;
 pub(crate) mod jobs;
 mod json_view;
@@ -229,20 +230,14 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
     if proxy_in_init {
         overrides::move_proxy_to_init_containers(&mut p);
     }
+    // The user's own versions of injected containers win over the templates'.
+    let user = saved.unwrap_or_else(|| Overrides::from_pod(original, &added, &previous));
+    user.use_recorded_form(&mut p);
     for fragment in fragments {
         if let Value::Object(target) = &mut p {
             merge::merge_into(target, fragment);
         }
     }
-
-    // The user's own versions of injected containers win over the templates'.
-    let injected_names: Vec<&str> = added
-        .init_containers
-        .iter()
-        .chain(&added.containers)
-        .map(String::as_str)
-        .collect();
-    let user = saved.unwrap_or_else(|| Overrides::from_pod(original, &injected_names, &previous));
     user.apply(&mut p);
     if let Some(user_proxy) = user.proxy() {
         overrides::adjust_init_user(&mut p, user_proxy, interception_mode == "TPROXY");
@@ -290,7 +285,7 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
         }
     }
 
-    user.save(&mut p);
+    user.save(&mut p, &previous);
     if let Some(a) = pod::annotations_mut(&mut p) {
         a.insert(
             status::STATUS.into(),

@@ -76,6 +76,11 @@ pub(crate) fn list_mut<'a>(pod: &'a mut Value, field: &str) -> Option<&'a mut Ve
     entry.as_array_mut()
 }
 
+/// Mutable `spec.<field>` list, when the pod has one.
+pub(crate) fn list_mut_existing<'a>(pod: &'a mut Value, field: &str) -> Option<&'a mut Vec<Value>> {
+    pod.get_mut("spec")?.get_mut(field)?.as_array_mut()
+}
+
 /// `map[key]` as a mutable mapping, inserted when absent or null; `None` when it holds
 /// something else.
 pub(crate) fn map_entry<'a>(

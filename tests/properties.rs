@@ -1,6 +1,9 @@
 //! Properties of the engine over generated pods: the patch applies and gives the engine's
-//! output, nothing the user wrote is lost, injecting twice changes nothing, and annotation
-//! values cannot add structure to what is rendered.
+//! output, nothing the user wrote is lost, injecting twice changes nothing (also when the API
+//! server stored the injected pod in between, and when a later webhook added to the proxy), and
+//! annotation values cannot add structure to what is rendered.
+
+mod api_server;
 
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -197,6 +200,32 @@ proptest! {
         let once = injected(&p, native);
         let twice = injected(&once, native);
         prop_assert_eq!(once, twice);
+    }
+
+    /// The reinvocation review: the API server defaulted what the injection added and mounted
+    /// its token into istio-init and istio-proxy, and a later webhook may have set an env var on
+    /// the proxy. Injecting that pod again answers with no patch.
+    #[test]
+    fn reinjecting_the_pod_the_api_server_stored_changes_nothing(
+        p in pod(),
+        native in any::<bool>(),
+        later_webhook in any::<bool>(),
+    ) {
+        let token = "kube-api-access-x7k2p";
+        let created = api_server::admitted(&p, token);
+        let once = injected(&created, native);
+        let mut stored = api_server::admitted(&once, token);
+        if later_webhook {
+            let spec = stored["spec"].as_object_mut().expect("spec");
+            let proxy = spec.values_mut()
+                .filter_map(Value::as_array_mut)
+                .flatten()
+                .find(|c| c["name"] == "istio-proxy")
+                .expect("proxy injected");
+            proxy["env"].as_array_mut().expect("env").push(json!({"name": "LATER_WEBHOOK", "value": "1"}));
+        }
+        let again = injected(&stored, native);
+        prop_assert_eq!(inject::patch(&stored, &again).0, vec![]);
     }
 
     #[test]

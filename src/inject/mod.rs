@@ -30,6 +30,7 @@ pub(crate) mod probes;
 mod prometheus;
 pub(crate) mod proxy_config;
 pub mod quantity;
+mod reinjection;
 pub(crate) mod renders;
 mod status;
 mod workload;
@@ -297,6 +298,8 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
     }
     ordering::reorder(&mut p, proxy_in_init, hold);
     drop_added_empty_lists(original, &mut p);
+    // What the pod already had from an earlier injection stays where it is the same.
+    reinjection::keep_current(original, &mut p, &previous, &added);
 
     if let Some(owner) = &job
         && has_proxy

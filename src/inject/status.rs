@@ -18,6 +18,8 @@ pub(crate) struct Previous {
     pub injected: bool,
     /// Container names listed in it (both lists).
     pub containers: HashSet<String>,
+    /// Volume names listed in it.
+    pub volumes: HashSet<String>,
     /// The old proxy's ISTIO_KUBE_APP_PROBERS, merged into the new one.
     pub probers: Option<String>,
     /// The old proxy's ISTIO_PROMETHEUS_ANNOTATIONS: the user's own scrape settings.
@@ -72,6 +74,8 @@ pub(crate) fn strip(p: &mut Value) -> Previous {
         }
         if list.ends_with("ontainers") {
             previous.containers.extend(listed.iter().cloned());
+        } else if list == "volumes" {
+            previous.volumes.extend(listed.iter().cloned());
         }
         let Some(items) = p
             .get_mut("spec")

@@ -288,7 +288,8 @@ pub enum Pass {
     NotPodCreate { kind: String, operation: String },
     /// The review carries no object.
     NoObject,
-    /// The engine injected, but the pod is already exactly as it would make it (a re-invocation).
+    /// The pod already carried an injection and is exactly as injecting it again makes it (the
+    /// reinvocation review after later admission steps, with the same configuration).
     Unchanged,
 }
 
@@ -299,7 +300,7 @@ impl Pass {
             Pass::Skipped(reason) => reason.label(),
             Pass::NotPodCreate { .. } => "not_pod_create",
             Pass::NoObject => "no_object",
-            Pass::Unchanged => "already_injected",
+            Pass::Unchanged => "unchanged",
         }
     }
 }
@@ -317,6 +318,8 @@ pub enum Decision {
         warnings: Vec<String>,
         /// The ids of the findings among `warnings`, for metrics.
         findings: Vec<&'static str>,
+        /// The pod already carried an injection: the patch brings it up to date.
+        reinjection: bool,
     },
     /// `allowed: false` with a message naming every problem.
     Deny(Denial),
@@ -332,19 +335,27 @@ pub enum AdmitError {
 }
 
 impl Decision {
-    /// `injected`, `skipped` or `denied`: the outcome label of metrics and audit annotations.
+    /// `injected`, `reinjected` (the pod already carried an injection), `skipped` or `denied`:
+    /// the outcome label of metrics and audit annotations.
     pub fn outcome(&self) -> &'static str {
         match self {
+            Decision::Pass(Pass::Unchanged) => "reinjected",
             Decision::Pass(_) => "skipped",
+            Decision::Patch {
+                reinjection: true, ..
+            } => "reinjected",
             Decision::Patch { .. } => "injected",
             Decision::Deny(_) => "denied",
         }
     }
 
-    /// The reason label: the skip reason, or empty.
+    /// The reason label: the skip reason, `unchanged` or `updated` for a re-injection, or empty.
     pub fn reason(&self) -> &'static str {
         match self {
             Decision::Pass(pass) => pass.label(),
+            Decision::Patch {
+                reinjection: true, ..
+            } => "updated",
             Decision::Patch { .. } => "",
             Decision::Deny(_) => "invalid_annotations",
         }
@@ -392,6 +403,7 @@ pub fn decide(
                         patch,
                         warnings,
                         findings: findings.iter().map(|f| f.id).collect(),
+                        reinjection: injected.reinjection,
                     }
                 }
             }
@@ -444,6 +456,13 @@ pub fn response(api_version: ApiVersion, uid: &str, decision: &Decision) -> Vec<
     let mut audit = Map::new();
     audit.insert("outcome".into(), Value::String(decision.outcome().into()));
     match decision {
+        Decision::Pass(Pass::Unchanged) => {
+            out.extend_from_slice(b",\"allowed\":true");
+            audit.insert(
+                "reinjection".into(),
+                Value::String(decision.reason().into()),
+            );
+        }
         Decision::Pass(pass) => {
             out.extend_from_slice(b",\"allowed\":true");
             // The API server prefixes audit keys with the webhook's name:
@@ -451,8 +470,17 @@ pub fn response(api_version: ApiVersion, uid: &str, decision: &Decision) -> Vec<
             audit.insert("skip-reason".into(), Value::String(pass.label().into()));
         }
         Decision::Patch {
-            patch, warnings, ..
+            patch,
+            warnings,
+            reinjection,
+            ..
         } => {
+            if *reinjection {
+                audit.insert(
+                    "reinjection".into(),
+                    Value::String(decision.reason().into()),
+                );
+            }
             out.extend_from_slice(b",\"allowed\":true,\"patchType\":\"JSONPatch\",\"patch\":\"");
             // The base64 alphabet needs no escaping inside a JSON string.
             let engine = base64::engine::general_purpose::STANDARD;
@@ -688,12 +716,14 @@ mod tests {
         let injected = Injected {
             pod: after.clone(),
             warnings: vec!["w".into()],
+            reinjection: false,
         };
         let patch = inject::patch_json(&before, &injected.pod);
         let decision = Decision::Patch {
             patch,
             warnings: injected.warnings,
             findings: Vec::new(),
+            reinjection: false,
         };
         let out: Value =
             serde_json::from_slice(&response(review.api_version, &review.uid, &decision)).unwrap();

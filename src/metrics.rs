@@ -2,7 +2,8 @@
 //!
 //! The injection families keep istiod's names (`sidecar_injection_*`), so dashboards and alerts
 //! written for Istio's injector work unchanged. Every request to the webhook is counted once in
-//! `requests_total` and once in exactly one of `success_total`, `skip_total` or `failure_total`.
+//! `requests_total` and once in exactly one of `success_total`, `reinjected_total`, `skip_total`
+//! or `failure_total`.
 //!
 //! Labels are low-cardinality by construction: reasons and finding ids are fixed `&'static str`
 //! names (see `SkipReason::label`), never namespaces, pod names or messages.
@@ -32,6 +33,13 @@ pub struct FindingLabels {
     pub finding: &'static str,
 }
 
+/// What re-injecting a pod that already carried an injection did.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReinjectionLabels {
+    /// `unchanged` (no patch) or `updated`.
+    pub result: &'static str,
+}
+
 /// The result of one reload attempt.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
@@ -55,6 +63,8 @@ pub struct Metrics {
     pub success: Counter,
     /// Injected pods answered with an earlier replica's answer (see `replicas`).
     pub replayed: Counter,
+    /// Reviews of pods that already carried an injection, by result.
+    pub reinjected: Family<ReinjectionLabels, Counter>,
     pub skip: Family<ReasonLabels, Counter>,
     pub failure: Family<ReasonLabels, Counter>,
     pub time_seconds: Histogram,
@@ -94,6 +104,14 @@ impl Metrics {
             "sidecar_injection_replayed",
             "Pods injected with the answer to an earlier replica of their workload, renamed",
             replayed.clone(),
+        );
+        let reinjected = Family::<ReinjectionLabels, Counter>::default();
+        registry.register(
+            "sidecar_injection_reinjected",
+            "Reviews of pods that already carry an injection (the API server's reinvocation after \
+             later admission changes, or a pod created from an injected manifest), by result: \
+             unchanged (no patch) or updated",
+            reinjected.clone(),
         );
         let skip = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -151,6 +169,7 @@ impl Metrics {
             requests,
             success,
             replayed,
+            reinjected,
             skip,
             failure,
             time_seconds,
@@ -161,6 +180,13 @@ impl Metrics {
             nodes_watched,
             cert_expiry,
         }
+    }
+
+    /// Counts a review of a pod that already carried an injection: `unchanged` or `updated`.
+    pub fn reinjection(&self, result: &'static str) {
+        self.reinjected
+            .get_or_create(&ReinjectionLabels { result })
+            .inc();
     }
 
     /// Counts a pod admitted without injection.

@@ -106,10 +106,12 @@ struct Answer {
 impl Answer {
     fn of(decision: &Decision) -> Option<Answer> {
         match decision {
+            // A re-injection's update is rare and counted apart; it is answered in full.
             Decision::Patch {
                 patch,
                 warnings,
                 findings,
+                reinjection: false,
             } => Some(Answer {
                 patch: patch.clone(),
                 warnings: warnings.clone(),
@@ -124,6 +126,7 @@ impl Answer {
             patch: self.patch,
             warnings: self.warnings,
             findings: self.findings,
+            reinjection: false,
         }
     }
 

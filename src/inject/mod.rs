@@ -314,7 +314,11 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
             "the pod's container {name:?} has the name of a container the injection adds to the other container list; the API server rejects a pod whose container names repeat: rename the pod's container"
         ));
     }
-    Ok(Outcome::Injected(Injected { pod: p, warnings }))
+    Ok(Outcome::Injected(Injected {
+        pod: p,
+        warnings,
+        reinjection: previous.injected,
+    }))
 }
 
 /// The drain hook runs a shell; a distroless proxy image has none, and a hook that cannot run

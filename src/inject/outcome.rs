@@ -22,6 +22,9 @@ pub struct Injected {
     pub pod: Value,
     /// Short, actionable warnings (AdmissionResponse `warnings`, printed by kubectl).
     pub warnings: Vec<String>,
+    /// The pod already carried an injection (`sidecar.istio.io/status`): a reinvocation review,
+    /// or a pod created from an injected manifest.
+    pub reinjection: bool,
 }
 
 /// Why a pod was not injected. Typed so that metrics, logs and audit annotations agree.

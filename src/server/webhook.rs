@@ -62,6 +62,7 @@ async fn inject(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bod
         "injected" => {
             shared.metrics.success.inc();
         }
+        "reinjected" => shared.metrics.reinjection(answered.reason),
         "skipped" => shared.metrics.skipped(answered.reason),
         _ => shared.metrics.failed(answered.reason),
     }

@@ -302,3 +302,38 @@ fn a_mode_change_gives_the_clean_new_sidecar() {
             .all(|c| c["name"] != "istio-proxy")
     );
 }
+
+/// A manifest injected by `sidecar-injector inject` keeps a user's `istio-proxy` quantities as
+/// written (`3000m`); the API server creates its pods with them in canonical form (`"3"`), and
+/// the webhook's review of such a pod finds the same injection.
+#[test]
+fn an_override_whose_quantities_the_api_server_canonicalised_is_the_same_injection() {
+    let config = Config::embedded();
+    let mut pod = app_pod();
+    // As `kubectl get -o yaml` writes it (ISTIO_META_POD_PORTS lists the protocol).
+    pod["spec"]["containers"][0]["ports"][0]["protocol"] = json!("TCP");
+    pod["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({
+        "name": "istio-proxy", "image": "auto",
+        "resources": {"limits": {"cpu": "3000m", "memory": "2048Mi"}}}));
+    for native in [false, true] {
+        let once = injected(&config, &pod, native);
+        assert_eq!(
+            container(&once, "istio-proxy")["resources"]["limits"]["cpu"],
+            "3000m"
+        );
+        let stored = api_server::admitted(&once, TOKEN);
+        assert_eq!(
+            container(&stored, "istio-proxy")["resources"]["limits"]["cpu"],
+            "3"
+        );
+        let again = injected(&config, &stored, native);
+        assert_eq!(
+            paths(&stored, &again),
+            Vec::<String>::new(),
+            "native={native}"
+        );
+    }
+}

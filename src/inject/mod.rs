@@ -7,7 +7,8 @@
 //!
 //! The pipeline follows istiod's: policy, annotation validation, strip an earlier injection,
 //! render the templates and merge them in, re-apply the user's own containers, Prometheus
-//! merge, probe rewrite, metadata, ordering.
+//! merge, probe rewrite, metadata, ordering. Then, for a pod that already carried an injection,
+//! what it has is kept where the fresh injection is the same (see `reinjection`).
 
 use serde_json::{Map, Value};
 

@@ -141,6 +141,15 @@ fn defaulted(field: &str, key: &str, fresh: &Map<String, Value>) -> bool {
     }
 }
 
+/// The field a map's entry is compared as: its key, except inside a resource list, whose
+/// entries (`cpu`, `memory`, ...) are all quantities.
+fn child<'a>(field: &'a str, key: &'a str) -> &'a str {
+    match field {
+        "limits" | "requests" => field,
+        _ => key,
+    }
+}
+
 /// Values the API server drops when stored (Go's `omitempty`), so a stored pod may lack them.
 fn zero(v: &Value) -> bool {
     match v {
@@ -219,7 +228,7 @@ impl Rules<'_> {
         f.iter()
             .filter(|(k, _)| !skipped(k))
             .all(|(k, fv)| match b.get(k) {
-                Some(bv) => self.covers(bv, fv, k),
+                Some(bv) => self.covers(bv, fv, child(field, k)),
                 None => zero(fv),
             })
             && b.iter()
@@ -267,7 +276,7 @@ impl Rules<'_> {
                 let mut out = Map::with_capacity(f.len() + 3);
                 for (k, fv) in f {
                     let v = match b.get(k) {
-                        Some(bv) => self.settle(bv, fv, k),
+                        Some(bv) => self.settle(bv, fv, child(field, k)),
                         None => fv.clone(),
                     };
                     out.insert(k.clone(), v);
@@ -388,5 +397,82 @@ fn key_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rules_for<'a>(ours: &'a HashSet<&'a str>) -> Rules<'a> {
+        Rules { ours }
+    }
+
+    #[test]
+    fn stored_forms_and_defaults_cover_the_fresh_container() {
+        let ours = HashSet::from(["istio-envoy"]);
+        let rules = rules_for(&ours);
+        let fresh = json!({"name": "istio-proxy", "image": "proxyv2:1",
+            "resources": {"limits": {"cpu": "2000m", "memory": "1024Mi"}},
+            "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021}, "timeoutSeconds": 3},
+            "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "EMPTY", "value": ""}],
+            "volumeMounts": [{"name": "istio-envoy", "mountPath": "/etc/istio/proxy"}]});
+        let stored = json!({"name": "istio-proxy", "image": "proxyv2:1",
+            "resources": {"limits": {"cpu": "2", "memory": "1Gi"}, "requests": {"cpu": "2", "memory": "1Gi"}},
+            "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021, "scheme": "HTTP"},
+                "timeoutSeconds": 3, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3},
+            "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+                    {"name": "EMPTY"}, {"name": "THEIRS", "value": "1"}],
+            "volumeMounts": [{"name": "istio-envoy", "mountPath": "/etc/istio/proxy"},
+                {"name": "kube-api-access-abcde", "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}],
+            "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
+            "imagePullPolicy": "IfNotPresent"});
+        assert_eq!(rules.container(&stored, &fresh), stored);
+    }
+
+    #[test]
+    fn a_value_of_ours_that_differs_renders_anew_keeping_what_the_api_server_added() {
+        let ours = HashSet::from(["istio-envoy"]);
+        let rules = rules_for(&ours);
+        let fresh = json!({"name": "istio-proxy", "image": "proxyv2:2",
+            "env": [{"name": "A", "value": "1"}],
+            "volumeMounts": [{"name": "istio-envoy", "mountPath": "/etc/istio/proxy"}]});
+        let stored = json!({"name": "istio-proxy", "image": "proxyv2:1",
+            "env": [{"name": "A", "value": "1"}, {"name": "OLD", "value": "x"}],
+            "volumeMounts": [{"name": "istio-envoy", "mountPath": "/etc/istio/proxy"},
+                {"name": "istio-certs", "mountPath": "/etc/certs/"},
+                {"name": "token", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}],
+            "terminationMessagePolicy": "File"});
+        let ours = HashSet::from(["istio-envoy", "istio-certs"]);
+        let rules_with_certs = rules_for(&ours);
+        assert_eq!(
+            rules_with_certs.container(&stored, &fresh),
+            json!({"name": "istio-proxy", "image": "proxyv2:2",
+                "env": [{"name": "A", "value": "1"}],
+                "volumeMounts": [{"name": "istio-envoy", "mountPath": "/etc/istio/proxy"},
+                    {"name": "token", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}],
+                "terminationMessagePolicy": "File"})
+        );
+        // A mount of a volume the injection adds, that the fresh container lacks, is a change
+        // even when everything else is the same.
+        let mut same_image = stored.clone();
+        same_image["image"] = json!("proxyv2:2");
+        assert_ne!(rules_with_certs.container(&same_image, &fresh), same_image);
+        // Without it among ours, the extra mount is someone else's and stays.
+        assert_eq!(rules.container(&same_image, &fresh), same_image);
+    }
+
+    #[test]
+    fn env_follows_the_fresh_values_in_place_and_inserts_new_vars_after_their_predecessor() {
+        let ours = HashSet::new();
+        let rules = rules_for(&ours);
+        let b = json!([{"name": "A", "value": "1"}, {"name": "X", "value": "theirs"}, {"name": "C", "value": "3"}]);
+        let f = json!([{"name": "A", "value": "1"}, {"name": "B", "value": "2"}, {"name": "C", "value": "4"}]);
+        assert_eq!(
+            Value::Array(env_following(Some(&b), Some(&f), &rules).unwrap()),
+            json!([{"name": "A", "value": "1"}, {"name": "B", "value": "2"}, {"name": "X", "value": "theirs"}, {"name": "C", "value": "4"}])
+        );
     }
 }

@@ -54,9 +54,11 @@ pub(crate) fn keep_current(
         .chain(added.volumes.iter().map(String::as_str))
         .collect();
     let rules = Rules { ours: &ours };
+    // Sets: a pod's `sidecar.istio.io/userVolume` can make the injected volumes many.
+    let set = |names: &'_ [String]| -> HashSet<String> { names.iter().cloned().collect() };
     for (field, names) in [
-        ("initContainers", &added.init_containers),
-        ("containers", &added.containers),
+        ("initContainers", set(&added.init_containers)),
+        ("containers", set(&added.containers)),
     ] {
         let had = by_name(pod::list(original, field));
         let Some(list) = pod::list_mut_existing(fresh, field) else {
@@ -66,7 +68,7 @@ pub(crate) fn keep_current(
             let Some(name) = pod::name_of(container) else {
                 continue;
             };
-            if !names.iter().any(|n| n == name) || !previous.containers.contains(name) {
+            if !names.contains(name) || !previous.containers.contains(name) {
                 continue;
             }
             if let Some(before) = had.get(name) {
@@ -75,12 +77,13 @@ pub(crate) fn keep_current(
         }
     }
     let had = by_name(pod::list(original, "volumes"));
+    let added_volumes = set(&added.volumes);
     if let Some(volumes) = pod::list_mut_existing(fresh, "volumes") {
         for volume in volumes.iter_mut() {
             let Some(name) = pod::name_of(volume) else {
                 continue;
             };
-            if !previous.volumes.contains(name) || !added.volumes.iter().any(|v| v == name) {
+            if !previous.volumes.contains(name) || !added_volumes.contains(name) {
                 continue;
             }
             if let Some(before) = had.get(name) {

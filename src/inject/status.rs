@@ -115,6 +115,8 @@ impl Added {
     pub(crate) fn record(&mut self, fragment_spec: Option<&Map<String, Value>>) {
         let Some(spec) = fragment_spec else { return };
         let take = |field: &str, into: &mut Vec<String>| {
+            // A set, not a scan of `into`: `sidecar.istio.io/userVolume` can add many volumes.
+            let mut seen: HashSet<String> = into.iter().cloned().collect();
             for item in spec
                 .get(field)
                 .and_then(Value::as_array)
@@ -122,7 +124,7 @@ impl Added {
                 .flatten()
             {
                 if let Some(n) = pod::name_of(item)
-                    && !into.iter().any(|x| x == n)
+                    && seen.insert(n.to_string())
                 {
                     into.push(n.to_string());
                 }

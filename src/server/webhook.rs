@@ -29,9 +29,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
 /// How a request ended, for the span, the log line and the metrics.
 struct Answered {
     response: Response,
-    /// `injected`, `skipped`, `denied`, `refused` (HTTP 4xx before the engine) or `error`.
+    /// `injected`, `reinjected`, `skipped`, `denied`, `refused` (HTTP 4xx before the engine) or
+    /// `error`.
     outcome: &'static str,
-    /// The skip, denial, refusal or error reason; empty for `injected`.
+    /// The skip, denial, refusal or error reason, or what a re-injection did (`unchanged`,
+    /// `updated`); empty for `injected`.
     reason: &'static str,
     /// Why a request was refused or failed, for the log.
     detail: Option<String>,

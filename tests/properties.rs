@@ -118,6 +118,40 @@ fn pod() -> impl Strategy<Value = Value> {
         })
 }
 
+/// A user's own `istio-proxy`, as charts ship it to override the injected one.
+fn user_proxy() -> impl Strategy<Value = Value> {
+    (
+        prop::collection::vec(env_var(), 0..3),
+        prop::option::of(prop_oneof![Just("3000m"), Just("250m"), Just("1")]),
+        prop::option::of(1000i64..2000),
+        any::<bool>(),
+    )
+        .prop_map(|(env, cpu, uid, args)| {
+            let mut c = Map::new();
+            c.insert("name".into(), json!("istio-proxy"));
+            c.insert("image".into(), json!("auto"));
+            if args {
+                c.insert(
+                    "args".into(),
+                    json!(["proxy", "sidecar", "--concurrency", "2"]),
+                );
+            }
+            if !env.is_empty() {
+                c.insert("env".into(), Value::from(env));
+            }
+            if let Some(cpu) = cpu {
+                c.insert(
+                    "resources".into(),
+                    json!({"limits": {"cpu": cpu, "memory": "2048Mi"}}),
+                );
+            }
+            if let Some(uid) = uid {
+                c.insert("securityContext".into(), json!({"runAsUser": uid}));
+            }
+            Value::Object(c)
+        })
+}
+
 fn injected(pod: &Value, native: bool) -> Value {
     let req = Request {
         pod,
@@ -210,8 +244,13 @@ proptest! {
         p in pod(),
         native in any::<bool>(),
         later_webhook in any::<bool>(),
+        user_proxy in prop::option::of(user_proxy()),
     ) {
         let token = "kube-api-access-x7k2p";
+        let mut p = p;
+        if let Some(proxy) = user_proxy {
+            p["spec"]["containers"].as_array_mut().expect("containers").push(proxy);
+        }
         let created = api_server::admitted(&p, token);
         let once = injected(&created, native);
         let mut stored = api_server::admitted(&once, token);

@@ -164,6 +164,17 @@ fn zero(v: &Value) -> bool {
     }
 }
 
+/// Zero values of the plain (non-pointer) fields Go writes with `omitempty`: the API server does
+/// not store them. (A `false` of a pointer field such as `allowPrivilegeEscalation` is stored,
+/// and its absence means something else.)
+fn go_omits(key: &str, v: &Value) -> bool {
+    match key {
+        "readOnly" | "stdin" | "stdinOnce" | "tty" => v == &Value::Bool(false),
+        "initialDelaySeconds" | "hostPort" => v.as_i64() == Some(0),
+        _ => false,
+    }
+}
+
 /// Scalars are equal, or are quantities of equal value (`2000m` is stored as `2`).
 fn same_scalar(before: &Value, fresh: &Value, field: &str) -> bool {
     if before == fresh {
@@ -232,7 +243,7 @@ impl Rules<'_> {
             .filter(|(k, _)| !skipped(k))
             .all(|(k, fv)| match b.get(k) {
                 Some(bv) => self.covers(bv, fv, child(field, k)),
-                None => zero(fv),
+                None => zero(fv) || go_omits(k, fv),
             })
             && b.iter()
                 .filter(|(k, _)| !skipped(k) && !f.contains_key(*k))
@@ -465,6 +476,24 @@ mod tests {
         assert_ne!(rules_with_certs.container(&same_image, &fresh), same_image);
         // Without it among ours, the extra mount is someone else's and stays.
         assert_eq!(rules.container(&same_image, &fresh), same_image);
+    }
+
+    #[test]
+    fn zero_values_go_does_not_store_may_be_absent_but_pointer_falses_may_not() {
+        let ours = HashSet::new();
+        let rules = rules_for(&ours);
+        let fresh = json!({"name": "p", "stdin": false,
+            "volumeMounts": [{"name": "v", "mountPath": "/v", "readOnly": false}],
+            "readinessProbe": {"initialDelaySeconds": 0, "periodSeconds": 15},
+            "securityContext": {"allowPrivilegeEscalation": false}});
+        let stored = json!({"name": "p",
+            "volumeMounts": [{"name": "v", "mountPath": "/v"}],
+            "readinessProbe": {"periodSeconds": 15},
+            "securityContext": {"allowPrivilegeEscalation": false}});
+        assert_eq!(rules.container(&stored, &fresh), stored);
+        let mut loosened = stored.clone();
+        loosened["securityContext"] = json!({});
+        assert!(!rules.covers(&loosened, &fresh, "containers"));
     }
 
     #[test]

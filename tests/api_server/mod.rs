@@ -71,11 +71,18 @@ pub fn admitted(pod: &Value, token: &str) -> Value {
             let mounts = c
                 .as_object_mut()
                 .map(|c| c.entry("volumeMounts").or_insert_with(|| json!([])));
-            if let Some(mounts) = mounts.and_then(Value::as_array_mut)
-                && !mounts.iter().any(|m| m["mountPath"] == TOKEN_MOUNT_PATH)
-            {
-                mounts
-                    .push(json!({"name": token, "readOnly": true, "mountPath": TOKEN_MOUNT_PATH}));
+            if let Some(mounts) = mounts.and_then(Value::as_array_mut) {
+                // `readOnly` is a plain bool with omitempty: false is not stored.
+                for m in mounts.iter_mut().filter_map(Value::as_object_mut) {
+                    if m.get("readOnly") == Some(&json!(false)) {
+                        m.shift_remove("readOnly");
+                    }
+                }
+                if !mounts.iter().any(|m| m["mountPath"] == TOKEN_MOUNT_PATH) {
+                    mounts.push(
+                        json!({"name": token, "readOnly": true, "mountPath": TOKEN_MOUNT_PATH}),
+                    );
+                }
             }
         }
     }

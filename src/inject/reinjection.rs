@@ -16,7 +16,8 @@
 //!   container stays as it is, and only its env follows the fresh one (a value that changed, such
 //!   as `ISTIO_KUBE_APP_PROBERS` after a later webhook added a container, is replaced in place; a
 //!   var the fresh one adds is inserted after its predecessor; a var the fresh one does not set is
-//!   someone else's and stays);
+//!   someone else's and stays, except the two the engine itself writes, `ISTIO_KUBE_APP_PROBERS`
+//!   and `ISTIO_PROMETHEUS_ANNOTATIONS`: one the fresh container no longer has is a change);
 //! - otherwise the configuration changed (a new image, other args, a mount or probe more or less):
 //!   the fresh container is used, keeping only what certainly is not the injection's: the fields
 //!   the API server defaults where the fresh one leaves them out, and mounts of volumes the
@@ -34,7 +35,7 @@ use serde_json::{Map, Value};
 
 use super::pod;
 use super::quantity;
-use super::status::{Added, Previous};
+use super::status::{Added, PROBERS_ENV, PROMETHEUS_ENV, Previous};
 
 /// Puts back, in `fresh` (the injected pod), what `original` already had from an earlier
 /// injection, as the module comment says. Does nothing for a pod injected for the first time.
@@ -206,7 +207,13 @@ impl Rules<'_> {
         let (Value::Object(b), Value::Object(f)) = (before, fresh) else {
             return fresh.clone();
         };
-        if !self.covers_map(b, f, "containers", Some("env")) {
+        // The env vars the engine itself writes (not a template) are known to be ours: one the
+        // pod has and the fresh container does not means the configuration dropped it (the
+        // probe rewrite turned off), not that another webhook added it.
+        let dropped = [PROBERS_ENV, PROMETHEUS_ENV]
+            .into_iter()
+            .any(|name| has_env(b, name) && !has_env(f, name));
+        if dropped || !self.covers_map(b, f, "containers", Some("env")) {
             return self.settle(before, fresh, "containers");
         }
         let env = env_following(b.get("env"), f.get("env"), self);
@@ -347,6 +354,13 @@ impl Rules<'_> {
             _ => fresh.clone(),
         }
     }
+}
+
+fn has_env(container: &Map<String, Value>, name: &str) -> bool {
+    container
+        .get("env")
+        .and_then(Value::as_array)
+        .is_some_and(|env| env.iter().any(|e| pod::name_of(e) == Some(name)))
 }
 
 /// The pod's env with the fresh env's vars brought in: a var of both keeps the pod's entry when

@@ -117,6 +117,20 @@ fn json_output_and_output_file() {
 }
 
 #[test]
+fn a_file_name_after_dash_o_points_to_output_file() {
+    // `istioctl kube-inject -o FILE` writes to FILE; here `-o` is the format.
+    let o = inject(&["-f", "-", "-o", "out.yaml"], MANIFEST);
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = text(&o.stderr);
+    assert!(
+        stderr.contains("`out.yaml` is not an output format; accepted: yaml, json")
+            && stderr.contains("use --output-file out.yaml"),
+        "{stderr}"
+    );
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
 fn exit_codes_say_refused_or_unreadable() {
     // 1: a workload the webhook refuses; nothing is written.
     let refused = MANIFEST.replace(

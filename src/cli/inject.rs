@@ -124,12 +124,25 @@ impl ConfigArgs {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// The manifest as YAML; documents the command does not change are kept as written.
     Yaml,
     /// Each document as a JSON object (what kubectl sends to the API server).
     Json,
+}
+
+/// `-o` as a format, with a pointer to `--output-file` for those used to `istioctl kube-inject
+/// -o FILE`, where `-o` names the file.
+fn parse_format(value: &str) -> Result<Format, String> {
+    match value {
+        "yaml" => Ok(Format::Yaml),
+        "json" => Ok(Format::Json),
+        other => Err(format!(
+            "`{other}` is not an output format; accepted: yaml, json \
+             (to write to a file, use --output-file {other})"
+        )),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -139,8 +152,14 @@ pub struct InjectArgs {
     #[arg(short = 'f', long = "filename", value_name = "FILE")]
     pub file: String,
 
-    /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Yaml)]
+    /// Output format: yaml or json.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "FORMAT",
+        value_parser = parse_format,
+        default_value = "yaml"
+    )]
     pub output: Format,
 
     /// Write the result to this file instead of standard output; written only when every

@@ -3,7 +3,7 @@
 //! server stored the injected pod in between, and when a later webhook added to the proxy), and
 //! annotation values cannot add structure to what is rendered.
 
-mod api_server;
+mod apiserver;
 
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -251,9 +251,9 @@ proptest! {
         if let Some(proxy) = user_proxy {
             p["spec"]["containers"].as_array_mut().expect("containers").push(proxy);
         }
-        let created = api_server::admitted(&p, token);
+        let created = apiserver::admitted(&p, token);
         let once = injected(&created, native);
-        let mut stored = api_server::admitted(&once, token);
+        let mut stored = apiserver::admitted(&once, token);
         if later_webhook {
             let spec = stored["spec"].as_object_mut().expect("spec");
             let proxy = spec.values_mut()

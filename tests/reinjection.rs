@@ -3,7 +3,7 @@
 //! with no patch, or with only what a later webhook's change requires; a changed configuration
 //! still renders the sidecar anew.
 
-mod api_server;
+mod apiserver;
 
 use serde_json::{Value, json};
 use sidecar_injector::config::{Config, Sources};
@@ -52,9 +52,9 @@ fn app_pod() -> Value {
 
 /// The pod of the reinvocation review after a first injection with `config`.
 fn stored_after_injection(config: &Config, native: bool) -> Value {
-    let created = api_server::admitted(&app_pod(), TOKEN);
+    let created = apiserver::admitted(&app_pod(), TOKEN);
     let once = injected(config, &created, native);
-    api_server::admitted(&once, TOKEN)
+    apiserver::admitted(&once, TOKEN)
 }
 
 fn containers(pod: &Value) -> impl Iterator<Item = &Value> {
@@ -159,7 +159,7 @@ fn a_container_added_by_a_later_webhook_gets_only_what_it_requires() {
             "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3},
         "imagePullPolicy": "IfNotPresent", "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "File", "resources": {},
-        "volumeMounts": [{"name": TOKEN, "readOnly": true, "mountPath": api_server::TOKEN_MOUNT_PATH}]});
+        "volumeMounts": [{"name": TOKEN, "readOnly": true, "mountPath": apiserver::TOKEN_MOUNT_PATH}]});
     let list = stored["spec"]["containers"].as_array_mut().unwrap();
     let proxy_at = list.len() - 1;
     list.insert(proxy_at, added);
@@ -225,8 +225,8 @@ fn a_changed_configuration_renders_the_sidecar_anew() {
         let proxy = container(&again, "istio-proxy");
         assert!(env(proxy, "STALE").is_none());
         // Apart from what the API server added, it is the fresh injection's proxy.
-        let fresh = injected(&after, &api_server::admitted(&app_pod(), TOKEN), native);
-        let mut expected = api_server::admitted(&fresh, TOKEN);
+        let fresh = injected(&after, &apiserver::admitted(&app_pod(), TOKEN), native);
+        let mut expected = apiserver::admitted(&fresh, TOKEN);
         let mut got = again.clone();
         for p in [&mut expected, &mut got] {
             p["metadata"]["annotations"]
@@ -243,7 +243,7 @@ fn a_changed_configuration_renders_the_sidecar_anew() {
             container(&expected, "istio-init")
         );
         // And the result is stable: injecting it again, stored, changes nothing.
-        let stored_again = api_server::admitted(&again, TOKEN);
+        let stored_again = apiserver::admitted(&again, TOKEN);
         assert_eq!(
             paths(&stored_again, &injected(&after, &stored_again, native)),
             Vec::<String>::new()
@@ -324,7 +324,7 @@ fn an_override_whose_quantities_the_api_server_canonicalised_is_the_same_injecti
             container(&once, "istio-proxy")["resources"]["limits"]["cpu"],
             "3000m"
         );
-        let stored = api_server::admitted(&once, TOKEN);
+        let stored = apiserver::admitted(&once, TOKEN);
         assert_eq!(
             container(&stored, "istio-proxy")["resources"]["limits"]["cpu"],
             "3"

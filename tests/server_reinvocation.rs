@@ -4,7 +4,7 @@
 //! (`reinvocationPolicy: IfNeeded`). That review gets no patch, or only what a later webhook's
 //! new container requires, and is counted as a re-injection, not as a second injected pod.
 
-mod api_server;
+mod apiserver;
 mod tls_client;
 
 use base64::Engine as _;
@@ -60,13 +60,13 @@ fn metric(text: &str, name: &str) -> Option<u64> {
 async fn the_reinvocation_review_gets_no_patch_and_is_counted_as_a_reinjection() {
     let server = Running::start(|_| {}).await;
     // The first review: the pod as the API server sends it, token already mounted into the app.
-    let created = api_server::admitted(&app_pod(), TOKEN);
+    let created = apiserver::admitted(&app_pod(), TOKEN);
     let first = send(&server, "6a4b2c10-0000-4000-8000-000000000001", &created).await;
     assert_eq!(first["auditAnnotations"]["outcome"], "injected");
     let (injected, _) = patched(&created, &first);
 
     // What the API server stores, then a later webhook's env var on the proxy.
-    let mut stored = api_server::admitted(&injected, TOKEN);
+    let mut stored = apiserver::admitted(&injected, TOKEN);
     proxy_mut(&mut stored)["env"]
         .as_array_mut()
         .unwrap()

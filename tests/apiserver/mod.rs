@@ -5,12 +5,14 @@
 //!    `generateName`, the controller's labels);
 //! 2. the API server decodes the create with defaulting ([`defaults`], as
 //!    `pkg/apis/core/v1/defaults.go` does);
-//! 3. the ServiceAccount admission plugin mounts the API token ([`service_account`]);
+//! 3. the admission plugins: ServiceAccount mounts the API token ([`service_account`]),
+//!    DefaultTolerationSeconds adds two tolerations ([`default_tolerations`]);
 //! 4. the injection webhook patches it (here: the engine, as the webhook runs it);
 //! 5. the patched object is decoded, and so defaulted, again;
 //! 6. it is stored and scheduled, and the kubelet reports status ([`persisted`]).
 //!
-//! [`create`] runs the whole way.
+//! [`create`] runs the whole way; [`admitted`] is steps 2 and 3, which is also what the
+//! reinvocation review of a webhook's output carries.
 #![allow(dead_code)]
 
 use serde_json::{Map, Value, json};
@@ -132,6 +134,8 @@ fn set_default(map: &mut Map<String, Value>, key: &str, value: Value) {
     }
 }
 
+/// A quantity in the API server's canonical form (`3000m` -> `3`); left as it is when it is not
+/// a quantity (the API server would refuse the pod, which these tests do not model).
 fn canonical(q: &Value) -> Value {
     let text = match q {
         Value::String(s) => s.clone(),
@@ -160,8 +164,13 @@ fn default_handler(handler: &mut Value) {
         set_default(h, "path", json!("/"));
         set_default(h, "scheme", json!("HTTP"));
     }
+    if let Some(g) = handler.get_mut("grpc").and_then(Value::as_object_mut) {
+        set_default(g, "service", json!(""));
+    }
 }
 
+/// `fieldRef.apiVersion` and canonical `resourceFieldRef.divisor`, wherever they are (env,
+/// downward-API volumes, projected sources).
 fn default_field_refs(v: &mut Value) {
     match v {
         Value::Object(m) => {
@@ -187,8 +196,9 @@ fn default_container(c: &mut Value) {
     let Some(m) = c.as_object_mut() else { return };
     set_default(m, "terminationMessagePath", json!("/dev/termination-log"));
     set_default(m, "terminationMessagePolicy", json!("File"));
-    let latest =
-        image.ends_with(":latest") || !image.rsplit('/').next().unwrap_or("").contains(':');
+    // `Always` for `:latest` or no tag, unless pinned by digest.
+    let tag = image.rsplit('/').next().unwrap_or("");
+    let latest = !image.contains('@') && (!tag.contains(':') || tag.ends_with(":latest"));
     set_default(
         m,
         "imagePullPolicy",
@@ -233,12 +243,61 @@ fn default_container(c: &mut Value) {
             default_handler(h);
         }
     }
+    // Go's `omitempty`: a mount's `readOnly: false` and an env var's `value: ""` are not stored.
+    for mount in m
+        .get_mut("volumeMounts")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_object_mut)
+    {
+        if mount.get("readOnly") == Some(&json!(false)) {
+            mount.shift_remove("readOnly");
+        }
+    }
     if let Some(env) = m.get_mut("env") {
+        for var in env
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_object_mut)
+        {
+            if var.get("value").and_then(Value::as_str) == Some("") {
+                var.shift_remove("value");
+            }
+        }
         default_field_refs(env);
     }
 }
 
-/// The API server's defaulting of a pod (what a create is decoded into).
+fn default_volume(v: &mut Value) {
+    let Some(vol) = v.as_object_mut() else {
+        return;
+    };
+    // A volume without a source is an emptyDir.
+    vol.retain(|k, x| k == "name" || !x.is_null());
+    if vol.len() == 1 {
+        vol.insert("emptyDir".into(), json!({}));
+    }
+    for kind in ["configMap", "secret", "projected", "downwardAPI"] {
+        if let Some(Value::Object(src)) = vol.get_mut(kind) {
+            set_default(src, "defaultMode", json!(420));
+        }
+    }
+    let sources = vol
+        .get_mut("projected")
+        .and_then(|p| p.get_mut("sources"))
+        .and_then(Value::as_array_mut);
+    for source in sources.into_iter().flatten() {
+        if let Some(Value::Object(token)) = source.get_mut("serviceAccountToken") {
+            set_default(token, "expirationSeconds", json!(3600));
+        }
+    }
+    default_field_refs(v);
+}
+
+/// The API server's defaulting of a pod (what a create or a patched object is decoded into), as
+/// `pkg/apis/core/v1/defaults.go` does it, with Go's `omitempty` on what is stored.
 pub fn defaults(pod: &mut Value) {
     let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
         return;
@@ -250,7 +309,8 @@ pub fn defaults(pod: &mut Value) {
     set_default(spec, "terminationGracePeriodSeconds", json!(30));
     set_default(spec, "enableServiceLinks", json!(true));
     set_default(spec, "serviceAccountName", json!("default"));
-    set_default(spec, "serviceAccount", json!("default"));
+    let account = spec["serviceAccountName"].clone();
+    set_default(spec, "serviceAccount", account);
     set_default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
     set_default(spec, "priority", json!(0));
     for list in ["initContainers", "containers"] {
@@ -269,26 +329,37 @@ pub fn defaults(pod: &mut Value) {
         .into_iter()
         .flatten()
     {
-        let Some(vol) = v.as_object_mut() else {
-            continue;
-        };
-        // A volume without a source is an emptyDir.
-        vol.retain(|k, x| k == "name" || !x.is_null());
-        if vol.len() == 1 {
-            vol.insert("emptyDir".into(), json!({}));
-        }
-        for kind in ["configMap", "secret", "projected", "downwardAPI"] {
-            if let Some(Value::Object(src)) = vol.get_mut(kind) {
-                set_default(src, "defaultMode", json!(420));
-            }
-        }
-        default_field_refs(v);
+        default_volume(v);
     }
 }
 
-/// The ServiceAccount admission plugin: a projected token volume, mounted into every container
-/// (`init`: init containers too). Run before the webhook, and again on reinvocation when
-/// `reinvoked` (then the injected containers get the mount as well).
+/// The DefaultTolerationSeconds admission plugin: 300 s on not-ready and unreachable nodes.
+pub fn default_tolerations(pod: &mut Value) {
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+    let Some(list) = tolerations.as_array_mut() else {
+        return;
+    };
+    for taint in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        if !list.iter().any(|t| t["key"] == taint) {
+            list.push(
+                json!({"effect": "NoExecute", "key": taint, "operator": "Exists",
+                             "tolerationSeconds": 300}),
+            );
+        }
+    }
+}
+
+pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The ServiceAccount admission plugin: the projected token volume `name`, mounted into every
+/// container and init container that lacks it. It runs before the webhook, and again on
+/// reinvocation (then the injected containers get the mount as well).
 pub fn service_account(pod: &mut Value, name: &str) {
     let volume = json!({
         "name": name,
@@ -308,8 +379,7 @@ pub fn service_account(pod: &mut Value, name: &str) {
     if !volumes.iter().any(|v| v["name"] == name) {
         volumes.push(volume);
     }
-    let mount = json!({"name": name, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
-                       "readOnly": true});
+    let mount = json!({"name": name, "readOnly": true, "mountPath": TOKEN_MOUNT_PATH});
     for list in ["initContainers", "containers"] {
         for c in spec
             .get_mut(list)
@@ -323,11 +393,25 @@ pub fn service_account(pod: &mut Value, name: &str) {
                 .entry("volumeMounts")
                 .or_insert_with(|| json!([]));
             let mounts = mounts.as_array_mut().expect("mounts list");
-            if !mounts.iter().any(|m| m["mountPath"] == mount["mountPath"]) {
+            if !mounts.iter().any(|m| m["mountPath"] == TOKEN_MOUNT_PATH) {
                 mounts.push(mount.clone());
             }
         }
     }
+}
+
+/// `pod` as the API server hands it to a webhook (and, run on the webhook's output, as it
+/// stores it and sends it in the reinvocation review): defaulted, with the admission plugins'
+/// additions and `token` as the name of the service-account token volume.
+pub fn admitted(pod: &Value, token: &str) -> Value {
+    let mut pod = pod.clone();
+    if !pod["spec"].is_object() {
+        return pod;
+    }
+    defaults(&mut pod);
+    default_tolerations(&mut pod);
+    service_account(&mut pod, token);
+    pod
 }
 
 /// What storing, scheduling and running add: identity, node, status.
@@ -342,10 +426,6 @@ pub fn persisted(pod: &mut Value, node: &str) {
     meta.insert("resourceVersion".into(), json!("48213"));
     meta.insert("creationTimestamp".into(), json!("2026-10-01T08:00:00Z"));
     pod["spec"]["nodeName"] = json!(node);
-    pod["spec"]["tolerations"] = json!([
-        {"effect": "NoExecute", "key": "node.kubernetes.io/not-ready", "operator": "Exists", "tolerationSeconds": 300},
-        {"effect": "NoExecute", "key": "node.kubernetes.io/unreachable", "operator": "Exists", "tolerationSeconds": 300}
-    ]);
     let statuses = |list: &str| -> Vec<Value> {
         pod["spec"][list]
             .as_array()
@@ -387,6 +467,7 @@ pub fn create(mut pod: Value, webhook: Option<Webhook<'_>>, reinvoked: bool) -> 
         suffix(pod["metadata"]["name"].as_str().map_or(0, str::len))
     );
     defaults(&mut pod);
+    default_tolerations(&mut pod);
     service_account(&mut pod, &token);
     if let Some(w) = webhook {
         let namespace = pod["metadata"]["namespace"].as_str().map(str::to_string);

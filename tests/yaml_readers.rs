@@ -10,7 +10,8 @@
 //!   JSON.
 //!
 //! Over every golden case and `tests/golden/yaml/tricky-scalars.yaml`, whose reading by kubectl
-//! itself is recorded in `tricky-scalars.kubectl.json` and must equal ours.
+//! itself is recorded in `tricky-scalars.kubectl.json` and must equal ours (as must our reading
+//! of `merge-keys.yaml`, YAML merge keys).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -89,11 +90,13 @@ fn read_with_yaml_1_1(mode: &str, pairs: &[(PathBuf, PathBuf)]) -> Result<(), St
     }
 }
 
-#[test]
-fn our_reading_of_the_tricky_scalars_is_kubectls() {
+/// Our reading of `tests/golden/yaml/NAME.yaml` against kubectl's, recorded in
+/// `NAME.kubectl.json` by scripts/record-kubectl-reading.sh.
+fn assert_read_as_kubectl_reads(name: &str) {
     // The record was made with every document's kind replaced by an unknown one, so that
-    // kubectl keeps the values as read (scripts/record-kubectl-reading.sh); do the same here.
-    let text = std::fs::read_to_string(tricky()).unwrap();
+    // kubectl keeps the values as read; do the same here.
+    let dir = root().join("tests/golden/yaml");
+    let text = std::fs::read_to_string(dir.join(format!("{name}.yaml"))).unwrap();
     let renamed: String = text
         .lines()
         .map(|l| {
@@ -108,13 +111,35 @@ fn our_reading_of_the_tricky_scalars_is_kubectls() {
         .collect::<Vec<_>>()
         .join("\n");
     let ours = sidecar_injector::yaml::parse_documents(&renamed).unwrap();
-    let record =
-        std::fs::read_to_string(root().join("tests/golden/yaml/tricky-scalars.kubectl.json"))
-            .unwrap();
+    let record = std::fs::read_to_string(dir.join(format!("{name}.kubectl.json"))).unwrap();
     let kubectl = json_stream(&record);
-    assert_eq!(ours.len(), kubectl.len());
+    assert_eq!(ours.len(), kubectl.len(), "{name}");
     for (ours, kubectl) in ours.iter().zip(&kubectl) {
-        assert_eq!(ours, kubectl);
+        assert_eq!(ours, kubectl, "{name}");
+    }
+}
+
+#[test]
+fn our_reading_of_the_tricky_scalars_is_kubectls() {
+    assert_read_as_kubectl_reads("tricky-scalars");
+}
+
+#[test]
+fn merge_keys_merge_as_kubectl_merges_them() {
+    // go-yaml v2's order: a key after `<<` wins, a key before it loses, earlier mappings of a
+    // list win.
+    assert_read_as_kubectl_reads("merge-keys");
+}
+
+#[test]
+fn a_merge_key_that_is_not_a_mapping_is_refused() {
+    for text in ["a:\n  <<: 1\n", "a:\n  <<: [{b: 1}, 2]\n"] {
+        let err = sidecar_injector::yaml::parse_documents(text).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("a merge key (<<) takes a mapping or a list of mappings"),
+            "{err}"
+        );
     }
 }
 

@@ -20,7 +20,7 @@
 //!   `interface{}`, kept as the original string (go-yaml v2 `decode.go`, for backward
 //!   compatibility), so they are strings here.
 //! - go-yaml v2 `decode.go`: a repeated key replaces the earlier value; a plain `<<` key merges
-//!   a mapping (not supported here: refused with a message, as the result would differ).
+//!   a mapping or a list of mappings in place (see [`merge`] for v2's order, which is not v3's).
 //! - sigs.k8s.io/yaml `yaml.go` (`convertToJSONableObject`): keys become strings (`true`,
 //!   `false`, decimal integers, floats formatted with Go's `FormatFloat(f, 'g', -1, 32)`); a
 //!   null or sequence key is an error. `encoding/json` then refuses NaN and infinities and
@@ -378,22 +378,57 @@ impl<'de, 's> Visitor<'de> for KubeVisitor<'s> {
         let mut out = Map::new();
         while let Some(key) = map.next_key_seed(KeySeed(self.0))? {
             let value = map.next_value_seed(self.0)?;
-            // As go-yaml: a repeated key replaces the earlier value.
-            out.insert(key, value);
+            match key {
+                // As go-yaml: a repeated key replaces the earlier value.
+                Key::Name(key) => {
+                    out.insert(key, value);
+                }
+                Key::Merge => merge(&mut out, value).map_err(A::Error::custom)?,
+            }
         }
         Ok(Value::Object(out))
     }
+}
+
+/// go-yaml v2's `merge`: the keys of a mapping, or of each mapping in a sequence, are set into
+/// the mapping being read, in place, as if written where the `<<` stands. So a key written
+/// after the `<<` wins over the merged one, and a merged key wins over one written before it
+/// (go-yaml v3 and YAML 1.1's spec let explicit keys always win; kubectl reads with v2). In a
+/// sequence, earlier mappings win: v2 sets them from the last to the first.
+fn merge(out: &mut Map<String, Value>, value: Value) -> Result<(), &'static str> {
+    const NOT_A_MAP: &str =
+        "a merge key (<<) takes a mapping or a list of mappings (as kubectl reads YAML)";
+    match value {
+        Value::Object(map) => out.extend(map),
+        Value::Array(items) => {
+            if !items.iter().all(Value::is_object) {
+                return Err(NOT_A_MAP);
+            }
+            for item in items.into_iter().rev() {
+                if let Value::Object(map) = item {
+                    out.extend(map);
+                }
+            }
+        }
+        _ => return Err(NOT_A_MAP),
+    }
+    Ok(())
+}
+
+/// A mapping key: a name, as the string sigs.k8s.io/yaml makes of it, or a plain `<<`.
+enum Key {
+    Name(String),
+    Merge,
 }
 
 /// A mapping key, as the string sigs.k8s.io/yaml makes of it.
 struct KeySeed<'s>(Kube<'s>);
 
 impl<'de, 's> DeserializeSeed<'de> for KeySeed<'s> {
-    type Value = String;
+    type Value = Key;
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
-        let value = deserializer.deserialize_any(KeyVisitor(self.0))?;
-        Ok(value)
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Key, D::Error> {
+        deserializer.deserialize_any(KeyVisitor(self.0))
     }
 }
 
@@ -403,25 +438,25 @@ const KEY_ERROR: &str =
     "kubectl cannot use a null, list or mapping as a key; quote the key to make it a string";
 
 impl<'de, 's> Visitor<'de> for KeyVisitor<'s> {
-    type Value = String;
+    type Value = Key;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a mapping key")
     }
 
-    fn visit_bool<E>(self, v: bool) -> Result<String, E> {
-        Ok(v.to_string())
+    fn visit_bool<E>(self, v: bool) -> Result<Key, E> {
+        Ok(Key::Name(v.to_string()))
     }
 
-    fn visit_i64<E>(self, v: i64) -> Result<String, E> {
-        Ok(v.to_string())
+    fn visit_i64<E>(self, v: i64) -> Result<Key, E> {
+        Ok(Key::Name(v.to_string()))
     }
 
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Key, E> {
         // go-yaml gives an int for keys up to i64::MAX; above, a uint64, which
         // sigs.k8s.io/yaml does not turn into a string.
         if i64::try_from(v).is_ok() {
-            Ok(v.to_string())
+            Ok(Key::Name(v.to_string()))
         } else {
             Err(E::custom(format!(
                 "kubectl cannot use the number {v} as a key; quote it"
@@ -429,56 +464,54 @@ impl<'de, 's> Visitor<'de> for KeyVisitor<'s> {
         }
     }
 
-    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<String, E> {
-        Ok(float_key(v as f64))
+    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Key, E> {
+        Ok(Key::Name(float_key(v as f64)))
     }
 
-    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<String, E> {
-        Ok(float_key(v as f64))
+    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Key, E> {
+        Ok(Key::Name(float_key(v as f64)))
     }
 
-    fn visit_f64<E>(self, v: f64) -> Result<String, E> {
-        Ok(float_key(v))
+    fn visit_f64<E>(self, v: f64) -> Result<Key, E> {
+        Ok(Key::Name(float_key(v)))
     }
 
-    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<String, E> {
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key, E> {
         if !self.0.is_plain(v) {
-            return Ok(v.to_owned());
+            return Ok(Key::Name(v.to_owned()));
         }
         match resolve(v) {
-            Plain::Str => Ok(v.to_owned()),
-            Plain::Bool(b) => Ok(b.to_string()),
-            Plain::Int(n) => Ok(n.to_string()),
+            Plain::Str => Ok(Key::Name(v.to_owned())),
+            Plain::Bool(b) => Ok(Key::Name(b.to_string())),
+            Plain::Int(n) => Ok(Key::Name(n.to_string())),
             Plain::Uint(n) => self.visit_u64(n),
-            Plain::Float(f) => Ok(float_key(f)),
+            Plain::Float(f) => Ok(Key::Name(float_key(f))),
             Plain::Null => Err(E::custom(KEY_ERROR)),
-            Plain::Merge => Err(E::custom(
-                "merge keys (<<) are not supported: write the merged mapping out",
-            )),
+            Plain::Merge => Ok(Key::Merge),
         }
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<String, E> {
-        Ok(v.to_owned())
+    fn visit_str<E>(self, v: &str) -> Result<Key, E> {
+        Ok(Key::Name(v.to_owned()))
     }
 
-    fn visit_string<E>(self, v: String) -> Result<String, E> {
-        Ok(v)
+    fn visit_string<E>(self, v: String) -> Result<Key, E> {
+        Ok(Key::Name(v))
     }
 
-    fn visit_unit<E: serde::de::Error>(self) -> Result<String, E> {
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Key, E> {
         Err(E::custom(KEY_ERROR))
     }
 
-    fn visit_none<E: serde::de::Error>(self) -> Result<String, E> {
+    fn visit_none<E: serde::de::Error>(self) -> Result<Key, E> {
         Err(E::custom(KEY_ERROR))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, _seq: A) -> Result<String, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, _seq: A) -> Result<Key, A::Error> {
         Err(A::Error::custom(KEY_ERROR))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, _map: A) -> Result<String, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, _map: A) -> Result<Key, A::Error> {
         Err(A::Error::custom(KEY_ERROR))
     }
 }

@@ -301,7 +301,10 @@ mod tests {
         );
         let err = parse_documents("a: 1\n---\nb: .inf\n").unwrap_err();
         assert_eq!((err.document, err.line), (2, Some(3)), "{err}");
-        assert!(parse_documents("base: &b {x: 1}\nm:\n  <<: *b\n").is_err());
+        assert_eq!(
+            parse_documents("base: &b {x: 1}\nm:\n  <<: *b\n  z: 2\n").unwrap(),
+            vec![serde_json::json!({"base": {"x": 1}, "m": {"x": 1, "z": 2}})]
+        );
     }
 
     #[test]

@@ -117,9 +117,22 @@ pub struct ServeArgs {
     #[arg(long, env = "SIDECAR_INJECTOR_MAX_CONNECTIONS", default_value_t = server::DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
 
+    /// Open admin connections at most; a connection over the limit is closed at once.
+    #[arg(long, env = "SIDECAR_INJECTOR_ADMIN_MAX_CONNECTIONS", default_value_t = server::DEFAULT_ADMIN_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub admin_max_connections: u64,
+
     /// Seconds a client gets to send a request body.
     #[arg(long, env = "SIDECAR_INJECTOR_READ_TIMEOUT", default_value_t = 10)]
     pub read_timeout: u64,
+
+    /// Seconds from the TLS handshake to the first request on a connection (HTTP/1.1 or h2).
+    #[arg(long, env = "SIDECAR_INJECTOR_FIRST_REQUEST_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub first_request_timeout: u64,
+
+    /// Seconds a connection with no request in flight stays open (HTTP/1.1 keep-alive, h2);
+    /// keep it above the client's own idle timeout (90 s for the API server).
+    #[arg(long, env = "SIDECAR_INJECTOR_IDLE_TIMEOUT", default_value_t = server::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
 
     /// Seconds to keep serving, reported not ready, after SIGTERM.
     #[arg(long, env = "SIDECAR_INJECTOR_SHUTDOWN_GRACE", default_value_t = 5)]
@@ -170,7 +183,14 @@ impl ServeArgs {
         settings.reload_interval = Duration::from_secs(self.reload_interval);
         settings.max_body_bytes = self.max_body_bytes;
         settings.max_connections = usize::try_from(self.max_connections).unwrap_or(usize::MAX);
+        settings.admin_max_connections =
+            usize::try_from(self.admin_max_connections).unwrap_or(usize::MAX);
         settings.read_timeout = Duration::from_secs(self.read_timeout);
+        settings.first_request_timeout = Duration::from_secs(self.first_request_timeout);
+        settings.idle_timeout = Duration::from_secs(self.idle_timeout);
+        // hyper's HTTP/1.1 head timeout backs the idle timeout up; a shorter one would close
+        // idle keep-alive connections first.
+        settings.header_read_timeout = settings.idle_timeout;
         settings.shutdown_grace = Duration::from_secs(self.shutdown_grace);
         settings.drain_timeout = Duration::from_secs(self.drain_timeout);
         settings
@@ -336,6 +356,9 @@ mod tests {
             "--native-sidecars-min-kubelet=v1.31",
             "--max-body-bytes=1024",
             "--max-connections=50",
+            "--admin-max-connections=7",
+            "--first-request-timeout=3",
+            "--idle-timeout=95",
             "--log-level=sidecar_injector=debug",
             "--log-format=json",
             "--shutdown-grace=2",
@@ -351,6 +374,10 @@ mod tests {
         assert_eq!(s.native_min_kubelet, "1.31.0".parse().unwrap());
         assert_eq!(s.max_body_bytes, 1024);
         assert_eq!(s.max_connections, 50);
+        assert_eq!(s.admin_max_connections, 7);
+        assert_eq!(s.first_request_timeout, Duration::from_secs(3));
+        assert_eq!(s.idle_timeout, Duration::from_secs(95));
+        assert_eq!(s.header_read_timeout, Duration::from_secs(95));
         assert_eq!(s.shutdown_grace, Duration::from_secs(2));
         assert_eq!(s.drain_timeout, Duration::from_secs(3));
         assert_eq!(args.log, "sidecar_injector=debug");

@@ -10,20 +10,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::cluster::{self, Version};
 use crate::config::{Config, ConfigError, NativeMode};
 use crate::metrics::Metrics;
 
 pub mod admin;
+pub mod connections;
 pub mod reload;
 pub mod self_signed;
 pub mod shutdown;
@@ -34,6 +31,7 @@ pub mod webhook;
 pub use state::{Limits, Shared};
 pub use tls::{CertFiles, CertSource, TlsError};
 
+use connections::{ConnectionSlots, Listener, Phases};
 use reload::{ConfigDir, ConfigReload};
 use tls::CertResolver;
 
@@ -44,9 +42,17 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 /// replica), far below the file descriptors a container usually gets.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
+/// Open admin connections at most: probes and metrics scrapes need a handful.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 32;
+
+/// A connection with no request in flight is closed after this long: above the 90 s after
+/// which Go's HTTP client (the API server's) closes an idle connection itself, so the API
+/// server's keep-alive connections are not churned.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// hyper closes an HTTP/1 connection whose next request head does not arrive in this time, idle
-/// keep-alive connections included; long enough not to churn the API server's connections.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// keep-alive connections included; the same as the idle timeout, which it backs up.
+pub const HEADER_READ_TIMEOUT: Duration = DEFAULT_IDLE_TIMEOUT;
 
 /// Everything `serve` can be told.
 #[derive(Debug, Clone)]
@@ -70,13 +76,22 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Open webhook connections at most; one more is closed as soon as it is accepted.
     pub max_connections: usize,
+    /// Open admin connections at most, likewise.
+    pub admin_max_connections: usize,
     /// Longest time to receive a request body.
     pub read_timeout: Duration,
     /// Longest time for a client to complete the TLS handshake.
     pub handshake_timeout: Duration,
-    /// Longest time for the head of a request on an HTTP/1.1 connection (also how long an idle
-    /// keep-alive connection is kept). Not a flag; tests shorten it.
+    /// Longest time from the handshake (from accept, on the admin port) to the first request.
+    pub first_request_timeout: Duration,
+    /// How long a connection with no request in flight is kept (HTTP/1.1 keep-alive, h2).
+    pub idle_timeout: Duration,
+    /// Longest time for the head of a request on an HTTP/1.1 connection, counted from the end
+    /// of the previous request. Not a flag; tests shorten it.
     pub header_read_timeout: Duration,
+    /// Once an idle connection is being closed, how long the client gets to let it close
+    /// before it is dropped. Not a flag; tests shorten it.
+    pub closing_timeout: Duration,
     /// After a shutdown signal: how long to keep serving while reported not ready, so the
     /// endpoint leaves the Service before the listener closes.
     pub shutdown_grace: Duration,
@@ -98,9 +113,13 @@ impl Settings {
             reload_interval: Duration::from_secs(5),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
             read_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            first_request_timeout: Duration::from_secs(10),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             header_read_timeout: HEADER_READ_TIMEOUT,
+            closing_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(20),
         }
@@ -219,26 +238,27 @@ impl Server {
                 stop_rx.clone(),
             ));
         }
-        if let Some(listener) = admin {
+        let phases = Phases {
+            handshake: settings.handshake_timeout,
+            first_request: settings.first_request_timeout,
+            idle: settings.idle_timeout,
+            header_read: settings.header_read_timeout,
+            closing: settings.closing_timeout,
+        };
+        if let Some(tcp) = admin {
+            let listener = Listener {
+                tcp,
+                slots: ConnectionSlots::new("admin", settings.admin_max_connections),
+                phases,
+                drain: settings.drain_timeout,
+            };
             let router = admin::router(shared.clone());
             let stopped = stopped(stop_rx.clone());
             background.spawn(async move {
-                if let Err(err) = axum::serve(listener, router)
-                    .with_graceful_shutdown(stopped)
-                    .await
-                {
-                    error!(error = %err, "admin listener failed");
-                }
+                let plain = |tcp| async move { Ok(tcp) };
+                listener.serve(router, plain, stopped).await;
             });
         }
-
-        let service = TowerToHyperService::new(webhook::router(shared.clone()));
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(settings.header_read_timeout);
-        let graceful = GracefulShutdown::new();
 
         let grace = settings.shutdown_grace;
         let flag = shared.clone();
@@ -248,96 +268,21 @@ impl Server {
             info!(grace = ?grace, "shutdown requested: not ready, still serving");
             tokio::time::sleep(grace).await;
         };
-        tokio::pin!(stop_accepting);
 
-        let mut slots = ConnectionSlots::new(settings.max_connections);
         shared.set_ready(true);
         info!(addr = %webhook.local_addr().unwrap_or(settings.listen), "serving");
-        loop {
-            tokio::select! {
-                () = &mut stop_accepting => break,
-                accepted = webhook.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        let Some(slot) = slots.take(peer) else {
-                            drop(tcp);
-                            continue;
-                        };
-                        let conn = serve_connection(
-                            tcp,
-                            acceptor.clone(),
-                            builder.clone(),
-                            service.clone(),
-                            settings.handshake_timeout,
-                        );
-                        let watcher = graceful.watcher();
-                        tokio::spawn(async move {
-                            if let Err(err) = conn(watcher).await {
-                                debug!(%peer, error = %err, "connection ended with an error");
-                            }
-                            drop(slot);
-                        });
-                    }
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    Err(err) => {
-                        warn!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-            }
-        }
-        drop(webhook);
-        info!(timeout = ?settings.drain_timeout, "listener closed, draining connections");
-        match tokio::time::timeout(settings.drain_timeout, graceful.shutdown()).await {
-            Ok(()) => info!("all connections closed"),
-            Err(_) => warn!("connections still open after the drain timeout; closing them"),
-        }
+        let listener = Listener {
+            tcp: webhook,
+            slots: ConnectionSlots::new("webhook", settings.max_connections),
+            phases,
+            drain: settings.drain_timeout,
+        };
+        let handshake = connections::tls_handshake(acceptor, settings.handshake_timeout);
+        listener
+            .serve(webhook::router(shared.clone()), handshake, stop_accepting)
+            .await;
         let _ = stop_tx.send(true);
         while background.join_next().await.is_some() {}
-    }
-}
-
-/// The cap on open webhook connections.
-///
-/// A connection over the cap is closed as soon as it is accepted rather than left waiting in
-/// the listen backlog: a waiting client (the API server) would only give up at its own webhook
-/// timeout, seconds later, while a refused one fails at once and can try another replica. The
-/// limit is logged when it is first hit, not per connection, so a flood does not flood the log.
-struct ConnectionSlots {
-    slots: Arc<Semaphore>,
-    max: usize,
-    full: bool,
-}
-
-impl ConnectionSlots {
-    fn new(max: usize) -> ConnectionSlots {
-        let max = max.clamp(1, Semaphore::MAX_PERMITS);
-        ConnectionSlots {
-            slots: Arc::new(Semaphore::new(max)),
-            max,
-            full: false,
-        }
-    }
-
-    /// A slot for a new connection, held until the connection ends; `None` at the cap.
-    fn take(&mut self, peer: SocketAddr) -> Option<OwnedSemaphorePermit> {
-        match self.slots.clone().try_acquire_owned() {
-            Ok(slot) => {
-                if std::mem::take(&mut self.full) {
-                    info!(max = self.max, "below the connection limit again");
-                }
-                Some(slot)
-            }
-            Err(_) => {
-                if !std::mem::replace(&mut self.full, true) {
-                    warn!(
-                        max = self.max,
-                        "connection limit reached: new connections are closed until one ends"
-                    );
-                }
-                debug!(%peer, "connection closed: at the connection limit");
-                None
-            }
-        }
     }
 }
 
@@ -345,39 +290,6 @@ async fn listen(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| ServerError::Bind { addr, source })
-}
-
-type HyperService = TowerToHyperService<axum::Router>;
-type ConnResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-/// The work for one accepted connection: handshake (bounded in time), then HTTP/1.1 or h2 as
-/// negotiated, watched so shutdown can close it gracefully.
-fn serve_connection(
-    tcp: TcpStream,
-    acceptor: TlsAcceptor,
-    builder: auto::Builder<TokioExecutor>,
-    service: HyperService,
-    handshake_timeout: Duration,
-) -> impl FnOnce(
-    hyper_util::server::graceful::Watcher,
-) -> std::pin::Pin<Box<dyn Future<Output = ConnResult> + Send>> {
-    move |watcher| {
-        Box::pin(async move {
-            // Without it, an answer written right after another small write (an h2
-            // WINDOW_UPDATE for a large body) waits for the client's delayed ACK: 40 ms per
-            // review. Failing to set it only costs latency, so the connection goes on.
-            let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(err)) => return Err(format!("TLS handshake failed: {err}").into()),
-                Err(_) => return Err("TLS handshake timed out".into()),
-            };
-            let conn = builder
-                .serve_connection(TokioIo::new(tls), service)
-                .into_owned();
-            watcher.watch(conn).await
-        })
-    }
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).

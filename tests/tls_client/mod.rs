@@ -184,6 +184,13 @@ impl Client {
         }
     }
 
+    /// Opens a new connection and completes the TLS handshake, offering this client's ALPN.
+    pub async fn connect(&self) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(self.addr).await?;
+        let name = ServerName::try_from("localhost").unwrap();
+        self.connector.connect(name, tcp).await
+    }
+
     /// Opens a new connection and sends one request on it.
     pub async fn send(
         &self,
@@ -192,9 +199,19 @@ impl Client {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> Reply {
-        let tcp = TcpStream::connect(self.addr).await.unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let tls = self.connector.connect(name, tcp).await.unwrap();
+        let tls = self.connect().await.unwrap();
+        self.send_on(tls, method, path, content_type, body).await
+    }
+
+    /// Sends one request on a connection opened with [`Client::connect`].
+    pub async fn send_on(
+        &self,
+        tls: tokio_rustls::client::TlsStream<TcpStream>,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Reply {
         let (_, session) = tls.get_ref();
         let protocol = session.alpn_protocol().map(<[u8]>::to_vec);
         let leaf = session.peer_certificates().unwrap()[0].clone().into_owned();
@@ -301,6 +318,15 @@ pub fn app_pod() -> Value {
             "xFuturePodField": 42
         }
     })
+}
+
+/// A loopback port free now, for a server started as a separate process.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, for at most 20 s.

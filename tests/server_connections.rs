@@ -1,17 +1,20 @@
-//! Connections are bounded: idle connections of every kind are closed and free their slot, and
-//! the admin port is capped too.
+//! Connections and memory are bounded: idle connections of every kind are closed and free
+//! their slot, the admin port is capped too, bodies in flight stay within the budget (read from
+//! the process's own memory), and an h2 client reads an early refusal instead of a stream error.
 
 mod tls_client;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
-use hyper::body::Bytes;
+use futures_util::StreamExt as _;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Bytes, Frame};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use sidecar_injector::server::Settings;
-use tls_client::{Alpn, Client, Running, UID, app_pod, review};
+use tls_client::{Alpn, Client, Running, UID, app_pod, free_port, review, write_cert};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -213,4 +216,205 @@ async fn idle_admin_connections_are_closed() {
     closed_by_server("an idle keep-alive admin connection", &mut kept).await;
     let status = tls_client::eventually("a free admin slot", || try_healthz(server.admin)).await;
     assert_eq!(status, 200);
+}
+
+/// A POST to /inject announcing `announced` bytes, of which `sent` are sent before the body
+/// stalls (`sent == announced`: the whole body); returns the status and the body of the answer.
+async fn post_announced(
+    client: &Client,
+    alpn: Alpn,
+    announced: usize,
+    sent: usize,
+) -> Result<(u16, Bytes), String> {
+    let tls = client.connect().await.map_err(|e| e.to_string())?;
+    let io = TokioIo::new(tls);
+    const CHUNK: usize = 64 * 1024;
+    let chunks = (0..sent.div_ceil(CHUNK)).map(move |i| {
+        let len = CHUNK.min(sent - i * CHUNK);
+        Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b' '; len])))
+    });
+    let stalls = sent < announced;
+    let stream =
+        futures_util::stream::iter(chunks).chain(futures_util::stream::poll_fn(move |_| {
+            if stalls {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(None)
+            }
+        }));
+    let req = hyper::Request::post("https://localhost/inject")
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .header("content-length", announced)
+        .body(StreamBody::new(stream))
+        .unwrap();
+    let resp = match alpn {
+        Alpn::Http1 => {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            sender.send_request(req).await
+        }
+        Alpn::H2 => {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            sender.send_request(req).await
+        }
+    }
+    .map_err(|e| format!("the request failed: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("the answer's body failed: {e}"))?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// A field of /proc/<pid>/status, in kB.
+fn proc_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Forty-eight clients (half HTTP/1.1, half h2) each announce a 6 MiB body and send all of it
+/// but the last byte, at once. The budget admits four; the others get 503 (with Retry-After), and the process's peak
+/// memory grows by the budget plus per-connection buffers, not by 48 bodies (288 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bodies_in_flight_stay_within_the_budget() {
+    const BODY: usize = 6 * 1024 * 1024;
+    const CLIENTS: usize = 48;
+    const ADMITTED: usize = 4;
+    const BUDGET: usize = ADMITTED * BODY;
+    // What each connection may hold besides its body, with room to spare.
+    const PER_CONNECTION: u64 = 256 * 1024;
+    // Allocator slack: freed pages that are not returned at once, the arenas of new threads.
+    const SLACK: u64 = 16 * 1024 * 1024;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    let (port, admin_port) = (free_port(), free_port());
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidecar-injector"))
+        .arg("serve")
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+        .args([
+            "--tls-cert-file",
+            dir.path().join("tls.crt").to_str().unwrap(),
+        ])
+        .args([
+            "--tls-key-file",
+            dir.path().join("tls.key").to_str().unwrap(),
+        ])
+        .args(["--max-body-bytes", &BODY.to_string()])
+        .args(["--body-budget-bytes", &BUDGET.to_string()])
+        .args(["--read-timeout", "5", "--max-connections", "100"])
+        .args(["--log-level", "error", "--native-sidecars", "false"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let trusted = vec![cert];
+    let client = Client::new(addr, &trusted, Alpn::Http1);
+    tls_client::eventually("the binary to listen", || async {
+        client.connect().await.ok().map(|_| ())
+    })
+    .await;
+    let warm = bounded("a review", client.review(&pod_review())).await;
+    assert_eq!(warm.status, 200);
+    let before = proc_kb(pid, "VmRSS");
+
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 0..CLIENTS {
+        let alpn = if i % 2 == 0 { Alpn::Http1 } else { Alpn::H2 };
+        let client = Client::new(addr, &trusted, alpn);
+        clients.spawn(async move { post_announced(&client, alpn, BODY, BODY - 1).await });
+    }
+    let mut statuses = Vec::new();
+    while let Some(done) = bounded("the hostile clients", clients.join_next()).await {
+        let (status, body) = done.unwrap().unwrap();
+        if status == 503 {
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["kind"], "Status", "{body}");
+            assert_eq!(body["code"], 503, "{body}");
+        }
+        statuses.push(status);
+    }
+    let peak = proc_kb(pid, "VmHWM");
+
+    let refused = statuses.iter().filter(|s| **s == 503).count();
+    let timed_out = statuses.iter().filter(|s| **s == 408).count();
+    assert_eq!(refused + timed_out, CLIENTS, "{statuses:?}");
+    assert!(timed_out <= ADMITTED, "{statuses:?}");
+    assert!(refused >= CLIENTS - ADMITTED, "{statuses:?}");
+
+    let grown = (peak.saturating_sub(before)) * 1024;
+    let bound = BUDGET as u64 + CLIENTS as u64 * PER_CONNECTION + SLACK;
+    assert!(
+        grown <= bound,
+        "peak memory grew by {grown} bytes, over the bound of {bound} (VmRSS {before} kB before, \
+         VmHWM {peak} kB after)"
+    );
+
+    // And the budget is whole again: an ordinary review gets through.
+    let after = bounded("a review after", client.review(&pod_review())).await;
+    assert_eq!(after.status, 200);
+    assert_eq!(after.json()["response"]["uid"], UID);
+    drop(child);
+}
+
+/// Over h2, a body announced over the limit is refused with 413, and the client reads the 413:
+/// hyper's client, and curl (nghttp2), which reported a framing error when the stream was reset
+/// under its upload.
+#[tokio::test]
+async fn h2_clients_read_the_413_of_a_body_over_the_limit() {
+    const LIMIT: usize = 1024 * 1024;
+    let server = Running::start(|s| s.max_body_bytes = LIMIT).await;
+
+    let (status, body) = post_announced(&server.client(Alpn::H2), Alpn::H2, LIMIT + 1, LIMIT + 1)
+        .await
+        .unwrap();
+    assert_eq!(status, 413);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["code"], 413, "{body}");
+
+    let upload = server.dir.path().join("big.json");
+    std::fs::write(&upload, vec![b' '; LIMIT + 1]).unwrap();
+    let answer = server.dir.path().join("answer.json");
+    let port = server.addr.port();
+    let curl = tokio::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--http2"])
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg("--cacert")
+        .arg(server.dir.path().join("tls.crt"))
+        .args(["-H", "content-type: application/json"])
+        .arg("--data-binary")
+        .arg(format!("@{}", upload.display()))
+        .arg("-o")
+        .arg(&answer)
+        .args(["-w", "%{http_version} %{http_code}"])
+        .arg(format!("https://localhost:{port}/inject"))
+        .output();
+    let curl = bounded("curl", curl).await.unwrap();
+    assert!(
+        curl.status.success(),
+        "curl failed ({:?}): {}",
+        curl.status,
+        String::from_utf8_lossy(&curl.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "2 413");
+    let body: Value = serde_json::from_slice(&std::fs::read(&answer).unwrap()).unwrap();
+    assert_eq!(body["code"], 413, "{body}");
 }

@@ -121,6 +121,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SIDECAR_INJECTOR_ADMIN_MAX_CONNECTIONS", default_value_t = server::DEFAULT_ADMIN_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub admin_max_connections: u64,
 
+    /// Request body bytes held at once across all connections; a body that does not fit gets
+    /// 503 with Retry-After. At least --max-body-bytes.
+    #[arg(long, env = "SIDECAR_INJECTOR_BODY_BUDGET_BYTES", default_value_t = server::DEFAULT_BODY_BUDGET_BYTES)]
+    pub body_budget_bytes: usize,
+
     /// Seconds a client gets to send a request body.
     #[arg(long, env = "SIDECAR_INJECTOR_READ_TIMEOUT", default_value_t = 10)]
     pub read_timeout: u64,
@@ -185,6 +190,7 @@ impl ServeArgs {
         settings.max_connections = usize::try_from(self.max_connections).unwrap_or(usize::MAX);
         settings.admin_max_connections =
             usize::try_from(self.admin_max_connections).unwrap_or(usize::MAX);
+        settings.body_budget_bytes = self.body_budget_bytes;
         settings.read_timeout = Duration::from_secs(self.read_timeout);
         settings.first_request_timeout = Duration::from_secs(self.first_request_timeout);
         settings.idle_timeout = Duration::from_secs(self.idle_timeout);
@@ -209,6 +215,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(&args.log, args.log_format)?;
     let self_managed = args.self_managed.options()?;
     let mut settings = args.settings();
+    anyhow::ensure!(
+        settings.body_budget_bytes >= settings.max_body_bytes,
+        "--body-budget-bytes ({}) must be at least --max-body-bytes ({}), or a body of the \
+         largest size could never be read",
+        settings.body_budget_bytes,
+        settings.max_body_bytes
+    );
     let self_signed = if args.tls_self_signed {
         let made = self_signed::generate(&args.tls_dns_names)
             .context("cannot generate the self-signed certificate")?;
@@ -357,6 +370,7 @@ mod tests {
             "--max-body-bytes=1024",
             "--max-connections=50",
             "--admin-max-connections=7",
+            "--body-budget-bytes=4096",
             "--first-request-timeout=3",
             "--idle-timeout=95",
             "--log-level=sidecar_injector=debug",
@@ -375,6 +389,7 @@ mod tests {
         assert_eq!(s.max_body_bytes, 1024);
         assert_eq!(s.max_connections, 50);
         assert_eq!(s.admin_max_connections, 7);
+        assert_eq!(s.body_budget_bytes, 4096);
         assert_eq!(s.first_request_timeout, Duration::from_secs(3));
         assert_eq!(s.idle_timeout, Duration::from_secs(95));
         assert_eq!(s.header_read_timeout, Duration::from_secs(95));

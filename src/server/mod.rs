@@ -20,6 +20,7 @@ use crate::config::{Config, ConfigError, NativeMode};
 use crate::metrics::Metrics;
 
 pub mod admin;
+pub mod body;
 pub mod connections;
 pub mod reload;
 pub mod self_signed;
@@ -44,6 +45,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// Open admin connections at most: probes and metrics scrapes need a handful.
 pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 32;
+
+/// Body bytes held at once across all requests: five bodies of the largest size, or hundreds of
+/// ordinary reviews.
+pub const DEFAULT_BODY_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 
 /// A connection with no request in flight is closed after this long: above the 90 s after
 /// which Go's HTTP client (the API server's) closes an idle connection itself, so the API
@@ -78,6 +83,8 @@ pub struct Settings {
     pub max_connections: usize,
     /// Open admin connections at most, likewise.
     pub admin_max_connections: usize,
+    /// Body bytes held at once across all webhook requests; a body that does not fit gets 503.
+    pub body_budget_bytes: usize,
     /// Longest time to receive a request body.
     pub read_timeout: Duration,
     /// Longest time for a client to complete the TLS handshake.
@@ -114,6 +121,7 @@ impl Settings {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
+            body_budget_bytes: DEFAULT_BODY_BUDGET_BYTES,
             read_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             first_request_timeout: Duration::from_secs(10),
@@ -168,6 +176,7 @@ impl Server {
         let limits = Limits {
             max_body_bytes: settings.max_body_bytes,
             read_timeout: settings.read_timeout,
+            body_budget_bytes: settings.body_budget_bytes,
         };
         let shared = Arc::new(Shared::new(config, certs, limits, settings.native_sidecars));
         let webhook = listen(settings.listen).await?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tracing::{error, info};
 
+use super::body::BodyBudget;
 use super::tls::{CertResolver, Reload, TlsError};
 use crate::cluster::Kubelets;
 use crate::config::{Config, NativeMode};
@@ -20,6 +21,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Longest time to receive a whole body; a slower client gets HTTP 408.
     pub read_timeout: Duration,
+    /// Body bytes held at once across all requests; a body that does not fit gets HTTP 503.
+    pub body_budget_bytes: usize,
 }
 
 /// State shared by the webhook and admin routers and the background reloaders.
@@ -41,6 +44,8 @@ pub struct Shared {
     pub limits: Limits,
     /// Answers replayed for the replicas of a workload (see `replicas`).
     pub replicas: ReplicaMemo,
+    /// The bytes of the bodies being read or held, across all requests.
+    pub bodies: BodyBudget,
 }
 
 impl Shared {
@@ -62,6 +67,7 @@ impl Shared {
             serving: AtomicBool::new(false),
             native_override,
             kubelets: ArcSwap::from_pointee(Kubelets::default()),
+            bodies: BodyBudget::new(limits.body_budget_bytes),
             limits,
         }
     }

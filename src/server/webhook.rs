@@ -4,15 +4,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
 use tracing::{Instrument, error, field, info, info_span, warn};
 
+use super::body;
 use super::state::Shared;
 use crate::admission::{self, AdmitError, ApiVersion, Decision, Head, Review, ReviewError};
 use crate::config::Config;
@@ -93,9 +93,9 @@ async fn answer(shared: &Shared, headers: &HeaderMap, body: Body) -> Answered {
         let message = format!("Content-Type must be application/json, found {found:?}");
         return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, message);
     }
-    let body = match read_body(shared, headers, body).await {
-        Ok(body) => body,
-        Err((code, message)) => return refuse(code, message),
+    let (body, held) = match body::read(&shared.limits, &shared.bodies, headers, body).await {
+        Ok(read) => read,
+        Err(refusal) => return refuse(refusal.status(), refusal.message()),
     };
     let config = shared.config.load_full();
     let (api_version, uid, decided) = match decide(shared, &config, &body) {
@@ -103,6 +103,7 @@ async fn answer(shared: &Shared, headers: &HeaderMap, body: Body) -> Answered {
         Err(err) => return refuse(StatusCode::BAD_REQUEST, err.to_string()),
     };
     drop(body);
+    drop(held);
     match decided {
         Ok(decision) => {
             if let Decision::Patch {
@@ -209,51 +210,6 @@ fn is_json(headers: &HeaderMap) -> bool {
     media.eq_ignore_ascii_case("application/json")
 }
 
-/// Reads the whole body within the size and time limits.
-async fn read_body(
-    shared: &Shared,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Bytes, (StatusCode, String)> {
-    let limit = shared.limits.max_body_bytes;
-    let too_large = || {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than the limit of {limit} bytes"),
-        )
-    };
-    // Refuse early when the client announces a size over the limit.
-    let announced = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let collect = Limited::new(body, limit).collect();
-    match tokio::time::timeout(shared.limits.read_timeout, collect).await {
-        Err(_) => Err((
-            StatusCode::REQUEST_TIMEOUT,
-            format!(
-                "the body was not received within {:?}",
-                shared.limits.read_timeout
-            ),
-        )),
-        Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Ok(Err(err)) => Err((
-            StatusCode::BAD_REQUEST,
-            format!("the body could not be read: {err}"),
-        )),
-        Ok(Ok(collected)) => {
-            let bytes = collected.to_bytes();
-            if bytes.is_empty() {
-                return Err((StatusCode::BAD_REQUEST, "the body is empty".to_owned()));
-            }
-            Ok(bytes)
-        }
-    }
-}
-
 /// An HTTP refusal before the engine ran (the request is not a review we can answer).
 fn refuse(code: StatusCode, message: String) -> Answered {
     let reason = match code {
@@ -261,10 +217,18 @@ fn refuse(code: StatusCode, message: String) -> Answered {
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
         StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
         StatusCode::REQUEST_TIMEOUT => "body_timeout",
+        StatusCode::SERVICE_UNAVAILABLE => "body_budget_full",
         _ => "refused",
     };
+    let mut response = status_response(code, &message, None);
+    if code == StatusCode::SERVICE_UNAVAILABLE {
+        // The budget frees as other bodies are answered, in well under a second.
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
     Answered {
-        response: status_response(code, &message, None),
+        response,
         outcome: "refused",
         reason,
         detail: Some(message),
@@ -277,6 +241,7 @@ fn status_response(code: StatusCode, message: &str, uid: Option<&str>) -> Respon
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaType",
         StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLarge",
         StatusCode::REQUEST_TIMEOUT => "Timeout",
+        StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
         _ => "InternalError",
     };
     let body: Value = admission::status(code.as_u16(), reason, message, uid);

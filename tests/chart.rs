@@ -810,6 +810,51 @@ fn server_flags_are_accepted_by_serve() {
     );
 }
 
+/// Cores the memory limit leaves room for: the engine's working memory grows with the reviews it
+/// runs at once, one per core (docs/server.md, section Memory).
+const CORES: usize = 80;
+
+/// `128Mi`, `1Gi`, `300M` and plain bytes, as the chart's resources are written.
+fn quantity_bytes(q: &str) -> u64 {
+    let units = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+    ];
+    for (suffix, scale) in units {
+        if let Some(n) = q.strip_suffix(suffix) {
+            return n.parse::<u64>().unwrap_or_else(|e| panic!("{q}: {e}")) * scale;
+        }
+    }
+    q.parse().unwrap_or_else(|e| panic!("{q}: {e}"))
+}
+
+#[test]
+fn the_memory_limit_covers_the_servers_bound() {
+    for r in render_all() {
+        let argv = std::iter::once("sidecar-injector".to_string()).chain(r.args());
+        let Ok(Cli {
+            command: CliCommand::Serve(serve),
+            ..
+        }) = Cli::try_parse_from(argv)
+        else {
+            panic!("{}: the args do not run serve", r.set);
+        };
+        let bound = sidecar_injector::server::memory::worst_case(&serve.settings(), CORES);
+        let limit = r.container()["resources"]["limits"]["memory"]
+            .as_str()
+            .map(quantity_bytes)
+            .expect("a memory limit");
+        assert!(
+            limit >= bound,
+            "{}: the memory limit {limit} is below the server's bound {bound} with {CORES} cores",
+            r.set
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // RBAC
 

@@ -295,7 +295,7 @@ async fn bodies_in_flight_stay_within_the_budget() {
     const CLIENTS: usize = 48;
     const ADMITTED: usize = 4;
     const BUDGET: usize = ADMITTED * BODY;
-    // What each connection may hold besides its body, with room to spare.
+    // What each connection may hold besides its body (docs/server.md), with room to spare.
     const PER_CONNECTION: u64 = 256 * 1024;
     // Allocator slack: freed pages that are not returned at once, the arenas of new threads.
     const SLACK: u64 = 16 * 1024 * 1024;

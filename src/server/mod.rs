@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 pub mod admin;
 pub mod body;
 pub mod connections;
+pub mod memory;
 pub mod reload;
 pub mod self_signed;
 pub mod shutdown;
@@ -40,15 +41,16 @@ use tls::CertResolver;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 
 /// Open webhook connections at most: far above what API servers open (a few per API server
-/// replica), far below the file descriptors a container usually gets.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// replica), and low enough that their buffers fit the memory budget (docs/server.md).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// Open admin connections at most: probes and metrics scrapes need a handful.
 pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 32;
 
-/// Body bytes held at once across all requests: five bodies of the largest size, or hundreds of
-/// ordinary reviews.
-pub const DEFAULT_BODY_BUDGET_BYTES: usize = 32 * 1024 * 1024;
+/// Body bytes held at once across all requests: one body of the largest size next to ordinary
+/// reviews (tens of KiB each), or hundreds of those. Kept small as the engine's working memory
+/// grows with it (see `memory`).
+pub const DEFAULT_BODY_BUDGET_BYTES: usize = 8 * 1024 * 1024;
 
 /// A connection with no request in flight is closed after this long: above the 90 s after
 /// which Go's HTTP client (the API server's) closes an idle connection itself, so the API
@@ -279,7 +281,13 @@ impl Server {
         };
 
         shared.set_ready(true);
-        info!(addr = %webhook.local_addr().unwrap_or(settings.listen), "serving");
+        // The engine runs on the runtime's worker threads, one per core.
+        let engines = std::thread::available_parallelism().map_or(1, usize::from);
+        info!(
+            addr = %webhook.local_addr().unwrap_or(settings.listen),
+            memory_bound_mib = memory::worst_case(&settings, engines) / (1024 * 1024),
+            "serving"
+        );
         let listener = Listener {
             tcp: webhook,
             slots: ConnectionSlots::new("webhook", settings.max_connections),

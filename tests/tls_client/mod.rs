@@ -54,6 +54,9 @@ impl Running {
         settings.admin_listen = Some("127.0.0.1:0".parse().unwrap());
         settings.shutdown_grace = Duration::ZERO;
         settings.drain_timeout = Duration::from_secs(5);
+        // Room for the tests that open thousands of idle connections at once; the default
+        // (sized for the memory limit of a pod) is far lower. Tests of the cap set their own.
+        settings.max_connections = 10_000;
         tweak(&mut settings);
         let server = Server::bind(settings).await.unwrap();
         let addr = server.local_addr();

@@ -14,7 +14,7 @@ use hyper::body::{Bytes, Frame};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use sidecar_injector::server::Settings;
-use tls_client::{Alpn, Client, Running, UID, app_pod, free_port, review, write_cert};
+use tls_client::{Alpn, Client, Running, UID, app_pod, review, write_cert};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -83,42 +83,35 @@ async fn review_then_idle(client: &Client, alpn: Alpn) -> tokio::task::JoinHandl
     let req = hyper::Request::post("https://localhost/inject")
         .header("host", "localhost")
         .header("content-type", "application/json");
-    let (status, conn) = match alpn {
+    let req = req.body(body).unwrap();
+    // The sender is kept alive (moved into a task) so that hyper keeps the connection open.
+    let (resp, conn) = match alpn {
         Alpn::Http1 => {
             let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-            let conn = tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            let resp = sender.send_request(req.body(body).unwrap()).await.unwrap();
-            let status = resp.status();
-            resp.into_body().collect().await.unwrap();
-            // The sender stays alive (moved into the task) so hyper keeps the connection.
-            tokio::spawn(async move {
-                let _keep = sender;
-                std::future::pending::<()>().await;
-            });
-            (status, conn)
+            let conn = tokio::spawn(async move { drop(conn.await) });
+            let resp = sender.send_request(req).await;
+            tokio::spawn(async move { keep(sender).await });
+            (resp, conn)
         }
         Alpn::H2 => {
-            let (mut sender, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                    .await
-                    .unwrap();
-            let conn = tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            let resp = sender.send_request(req.body(body).unwrap()).await.unwrap();
-            let status = resp.status();
-            resp.into_body().collect().await.unwrap();
-            tokio::spawn(async move {
-                let _keep = sender;
-                std::future::pending::<()>().await;
-            });
-            (status, conn)
+            let handshake = hyper::client::conn::http2::handshake(TokioExecutor::new(), io);
+            let (mut sender, conn) = handshake.await.unwrap();
+            let conn = tokio::spawn(async move { drop(conn.await) });
+            let resp = sender.send_request(req).await;
+            tokio::spawn(async move { keep(sender).await });
+            (resp, conn)
         }
     };
-    assert_eq!(status, 200);
+    let resp = resp.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
     conn
+}
+
+/// Holds `value` for the rest of the test.
+async fn keep<T>(value: T) {
+    let _kept = value;
+    std::future::pending::<()>().await;
 }
 
 /// With a single connection slot, each kind of idle connection is closed by the server on its
@@ -302,19 +295,8 @@ async fn bodies_in_flight_stay_within_the_budget() {
 
     let dir = tempfile::tempdir().unwrap();
     let cert = write_cert(dir.path());
-    let (port, admin_port) = (free_port(), free_port());
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidecar-injector"))
-        .arg("serve")
-        .args(["--addr", &format!("127.0.0.1:{port}")])
-        .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
-        .args([
-            "--tls-cert-file",
-            dir.path().join("tls.crt").to_str().unwrap(),
-        ])
-        .args([
-            "--tls-key-file",
-            dir.path().join("tls.key").to_str().unwrap(),
-        ])
+    let (mut command, addr, _) = tls_client::serve_command(dir.path());
+    let child = command
         .args(["--max-body-bytes", &BODY.to_string()])
         .args(["--body-budget-bytes", &BUDGET.to_string()])
         .args(["--read-timeout", "5", "--max-connections", "100"])
@@ -325,7 +307,6 @@ async fn bodies_in_flight_stay_within_the_budget() {
         .spawn()
         .unwrap();
     let pid = child.id().unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let trusted = vec![cert];
     let client = Client::new(addr, &trusted, Alpn::Http1);
     tls_client::eventually("the binary to listen", || async {

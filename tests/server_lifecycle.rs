@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sidecar_injector::server::{Server, ServerError, Settings, TlsError};
-use tls_client::{Alpn, Client, Running, UID, app_pod, cert_files, review, write_cert};
+use tls_client::{Alpn, Client, Running, UID, app_pod, cert_files, free_port, review, write_cert};
 
 fn settings(dir: &Path) -> Settings {
     Settings::new("127.0.0.1:0".parse().unwrap(), cert_files(dir))
@@ -151,31 +151,12 @@ async fn shutdown_reports_not_ready_first_then_stops() {
     assert!(tokio::net::TcpStream::connect(server.addr).await.is_err());
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let cert = write_cert(dir.path());
-    let (port, admin_port) = (free_port(), free_port());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidecar-injector"))
-        .arg("serve")
-        .args(["--addr", &format!("127.0.0.1:{port}")])
-        .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
-        .args([
-            "--tls-cert-file",
-            dir.path().join("tls.crt").to_str().unwrap(),
-        ])
-        .args([
-            "--tls-key-file",
-            dir.path().join("tls.key").to_str().unwrap(),
-        ])
+    let (mut command, addr, admin) = tls_client::serve_command(dir.path());
+    let mut child = command
         .args(["--shutdown-grace", "0", "--log-format", "json"])
         .args(["--log-level", "info", "--native-sidecars", "false"])
         .stdout(std::process::Stdio::null())
@@ -183,12 +164,10 @@ async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     tls_client::eventually("the binary to listen", || async {
         tokio::net::TcpStream::connect(admin).await.ok().map(|_| ())
     })
     .await;
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let client = Client::new(addr, &[cert], Alpn::H2);
     let reply = client
         .review(&review(

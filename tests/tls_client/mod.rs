@@ -332,6 +332,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `sidecar-injector serve` on loopback ports free now, with the certificate [`write_cert`]
+/// wrote to `dir`; returns the command (to add flags to), the webhook and the admin address.
+pub fn serve_command(dir: &Path) -> (tokio::process::Command, SocketAddr, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidecar-injector"));
+    command
+        .arg("serve")
+        .arg(format!("--addr={addr}"))
+        .arg(format!("--admin-addr={admin}"))
+        .arg("--tls-cert-file")
+        .arg(dir.join("tls.crt"))
+        .arg("--tls-key-file")
+        .arg(dir.join("tls.key"));
+    (command, addr, admin)
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, for at most 20 s.
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where

@@ -362,9 +362,11 @@ async fn bodies_in_flight_stay_within_the_budget() {
 #[tokio::test]
 async fn h2_clients_read_the_413_of_a_body_over_the_limit() {
     const LIMIT: usize = 1024 * 1024;
+    // Well over the limit, within twice the limit, which is drained.
+    const BIG: usize = LIMIT * 3 / 2;
     let server = Running::start(|s| s.max_body_bytes = LIMIT).await;
 
-    let (status, body) = post_announced(&server.client(Alpn::H2), Alpn::H2, LIMIT + 1, LIMIT + 1)
+    let (status, body) = post_announced(&server.client(Alpn::H2), Alpn::H2, BIG, BIG)
         .await
         .unwrap();
     assert_eq!(status, 413);
@@ -372,7 +374,7 @@ async fn h2_clients_read_the_413_of_a_body_over_the_limit() {
     assert_eq!(body["code"], 413, "{body}");
 
     let upload = server.dir.path().join("big.json");
-    std::fs::write(&upload, vec![b' '; LIMIT + 1]).unwrap();
+    std::fs::write(&upload, vec![b' '; BIG]).unwrap();
     let answer = server.dir.path().join("answer.json");
     let port = server.addr.port();
     let curl = tokio::process::Command::new("curl")

@@ -122,7 +122,7 @@ impl Refusal {
 /// budget while the returned [`Held`] lives.
 ///
 /// A body refused before it was read whole is drained first (read and thrown away, up to the
-/// size limit and within the read timeout): a client still sending then finishes its request
+/// size limit more than was read, so bodies up to twice the limit, within the read timeout): a client still sending then finishes its request
 /// and reads the answer, where otherwise the stream would be reset under it (h2) or the
 /// connection closed (HTTP/1.1) while it writes.
 pub async fn read(
@@ -157,7 +157,8 @@ pub async fn read(
         None => None,
     };
     if let Some(refused) = refused {
-        drain(body, limit, limits.read_timeout).await;
+        // Nothing was read yet: a body up to twice the limit is read to its end.
+        drain(body, limit.saturating_mul(2), limits.read_timeout).await;
         return Err(refused);
     }
 

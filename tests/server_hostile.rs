@@ -533,3 +533,76 @@ async fn annotation_values_with_template_and_yaml_syntax_stay_text() {
     }
     still_serving(&server).await;
 }
+
+/// The denial message of a review answered `allowed: false`.
+fn denial(body: &Value) -> &str {
+    assert_eq!(body["response"]["allowed"], false, "{body}");
+    body["response"]["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn deep_annotation_values_are_refused_before_any_parser_reads_them() {
+    let server = Running::start(|_| {}).await;
+    // 160 KB of YAML flow nesting: seconds of the YAML reader's time each, before.
+    let deep_yaml = format!("{}{}", "{a: ".repeat(32_000), "}".repeat(32_000));
+    let just_too_deep = format!("{}{}", "{a: ".repeat(257), "}".repeat(257));
+    let deep_json = format!("{}1{}", "[".repeat(65), "]".repeat(65));
+    // 50 KB: an anchored list of ten, aliased ten times over eight levels, behind a long list
+    // that raises the YAML reader's repetition limit: seconds of copying, before.
+    let mut bomb = format!(
+        "f: [{}1]\na0: &a0 [x, x, x, x, x, x, x, x, x, x]\n",
+        "1,".repeat(25_000)
+    );
+    for level in 1..9 {
+        bomb.push_str(&format!("a{level}: &a{level}\n"));
+        for _ in 0..10 {
+            bomb.push_str(&format!("  - *a{}\n", level - 1));
+        }
+    }
+    let cases = [
+        ("proxy.istio.io/config", bomb, "a YAML alias"),
+        (
+            "proxy.istio.io/config",
+            deep_yaml,
+            "larger than 65536 bytes",
+        ),
+        (
+            "proxy.istio.io/config",
+            just_too_deep,
+            "at most 256 '[' or '{'",
+        ),
+        (
+            "sidecar.istio.io/userVolume",
+            deep_json,
+            "nesting deeper than 64 levels (found 65)",
+        ),
+    ];
+    // All at once, each on its own connection, and an ordinary review with them.
+    let mut hostile = tokio::task::JoinSet::new();
+    for (name, value, says) in cases {
+        let mut pod = app_pod();
+        pod["metadata"]["annotations"] = json!({ name: value });
+        let client = server.client(Alpn::H2);
+        hostile.spawn(async move {
+            let reply = bounded(
+                "a hostile review",
+                client.review(&review("admission.k8s.io/v1", "CREATE", "default", pod)),
+            )
+            .await;
+            (name, says, reply)
+        });
+    }
+    still_serving(&server).await;
+    while let Some(done) = hostile.join_next().await {
+        let (name, says, reply) = done.unwrap();
+        assert_eq!(reply.status, 200);
+        let body = reply.json();
+        let message = denial(&body);
+        assert!(message.contains(name), "{message}");
+        assert!(message.contains(says), "{name}: {message}");
+        // The value is quoted by its start and size, not whole.
+        assert!(message.len() < 2_000, "{} bytes of denial", message.len());
+    }
+}

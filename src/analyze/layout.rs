@@ -109,8 +109,7 @@ impl<'a> Layout<'a> {
             || containers
                 .iter()
                 .any(|c| c.name == INIT || c.name == VALIDATION);
-        let proxy_config = annotation(pod, PROXY_CONFIG_ANNOTATION)
-            .and_then(|text| crate::yaml::parse_one(text).ok());
+        let proxy_config = annotation(pod, PROXY_CONFIG_ANNOTATION).and_then(read_proxy_config);
         let annotation_hold = proxy_config
             .as_ref()
             .and_then(|c| c.get("holdApplicationUntilProxyStarts"))
@@ -250,7 +249,7 @@ pub fn proxy_is_distroless(pod: &Value, layout: &Layout<'_>, ctx: &PodContext) -
         return t == "distroless";
     }
     let from_proxy_config = annotation(pod, PROXY_CONFIG_ANNOTATION)
-        .and_then(|text| crate::yaml::parse_one(text).ok())
+        .and_then(read_proxy_config)
         .and_then(|c| {
             c.get("image")?
                 .get("imageType")?
@@ -261,4 +260,12 @@ pub fn proxy_is_distroless(pod: &Value, layout: &Layout<'_>, ctx: &PodContext) -
         Some(t) => t == "distroless",
         None => ctx.distroless_proxy,
     }
+}
+
+/// The pod's ProxyConfig annotation read, when it reads and is within the engine's limits (see
+/// `inject::prescan`): a value the webhook would refuse is not worth the YAML reader's time.
+fn read_proxy_config(text: &str) -> Option<Value> {
+    use crate::inject::prescan::{self, Syntax};
+    prescan::check(text, Syntax::Yaml).ok()?;
+    crate::yaml::parse_one(text).ok()
 }

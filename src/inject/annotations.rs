@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 
+use super::prescan::{self, Syntax};
 use super::{Problem, quantity};
 
 /// The annotation holding the app URL whose answers hold back the proxy's exit.
@@ -57,6 +58,19 @@ const CHECKS: &[(&str, Check)] = &[
     (DRAIN_TIMEOUT, drain_timeout),
 ];
 
+/// The annotations whose values a reader parses (here and later in the engine), and which one:
+/// each is pre-scanned (see `prescan`) before any reader sees it.
+const PARSED: &[(&str, Syntax)] = &[
+    ("proxy.istio.io/config", Syntax::Yaml),
+    ("sidecar.istio.io/userVolume", Syntax::Json),
+    ("sidecar.istio.io/userVolumeMount", Syntax::Json),
+    ("proxy.istio.io/overrides", Syntax::Json),
+    ("sidecar.istio.io/status", Syntax::Json),
+];
+
+/// A denial quotes at most this much of a value.
+const SHOWN_BYTES: usize = 256;
+
 /// The annotations `validate` checks, in the table's order.
 pub fn validated_names() -> impl Iterator<Item = &'static str> {
     CHECKS.iter().map(|(name, _)| *name)
@@ -72,21 +86,36 @@ pub fn validate(annotations: Option<&Map<String, Value>>) -> Vec<Problem> {
         let Some(value) = annotations.get(*name) else {
             continue;
         };
+        let syntax = PARSED.iter().find(|(n, _)| n == name).map(|(_, s)| *s);
         let result = match value.as_str() {
-            Some(text) => check(text),
+            // Measured before any reader sees it: the check below parses it.
+            Some(text) => match syntax {
+                Some(syntax) => prescan::check(text, syntax).and_then(|()| check(text)),
+                None => check(text),
+            },
             None => Err("annotation values must be strings".to_string()),
         };
         if let Err(accepted) = result {
             problems.push(Problem {
                 annotation: (*name).to_string(),
-                value: value
-                    .as_str()
-                    .map_or_else(|| value.to_string(), str::to_string),
+                value: value.as_str().map_or_else(|| value.to_string(), shown),
                 accepted,
             });
         }
     }
     problems
+}
+
+/// The value as a denial quotes it: whole, or its start and its size when it is long.
+fn shown(text: &str) -> String {
+    if text.len() <= SHOWN_BYTES {
+        return text.to_string();
+    }
+    let mut end = SHOWN_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
 }
 
 /// Go's `strconv.ParseBool`, which istiod uses for boolean annotations.
@@ -332,6 +361,27 @@ mod tests {
             DRAIN_TIMEOUT: "30",
         }));
         assert!(p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn parsed_values_are_measured_before_they_are_parsed() {
+        let deep = format!("{}{}", "{a: ".repeat(4_000), "}".repeat(4_000));
+        let p = problems(json!({
+            "proxy.istio.io/config": deep,
+            "sidecar.istio.io/userVolume": format!("{}1{}", "[".repeat(65), "]".repeat(65)),
+        }));
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p[0].annotation, "proxy.istio.io/config");
+        assert!(p[0].accepted.contains("accepted: at most 256"), "{}", p[0]);
+        // The denial quotes the start of a long value and its size, not all of it.
+        assert!(p[0].value.ends_with("... (20000 bytes)"), "{}", p[0].value);
+        assert!(p[0].value.len() < 300);
+        assert!(
+            p[1].accepted
+                .contains("nesting deeper than 64 levels (found 65)"),
+            "{}",
+            p[1]
+        );
     }
 
     #[test]

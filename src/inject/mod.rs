@@ -27,6 +27,7 @@ mod outcome;
 mod overrides;
 pub(crate) mod pod;
 mod policy;
+pub mod prescan;
 pub(crate) mod probes;
 mod prometheus;
 pub(crate) mod proxy_config;

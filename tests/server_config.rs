@@ -3,12 +3,11 @@
 
 mod tls_client;
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 use sidecar_injector::server::{Server, ServerError, Settings};
-use tls_client::{Alpn, Running, app_pod, cert_files, review, write_cert};
+use tls_client::{Alpn, Running, app_pod, cert_files, review, write_cert, write_config};
 
 /// A small but complete `config` key: one template that adds a proxy container.
 fn config(policy: &str) -> String {
@@ -22,13 +21,6 @@ fn config(policy: &str) -> String {
                - name: istio-proxy\n        \
                  image: registry.example/proxyv2:test\n"
     )
-}
-
-fn write_config(dir: &Path, text: &str) {
-    // Written aside and renamed, as kubelet's symlink swap makes the change atomic.
-    let tmp = dir.join(".config.tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(tmp, dir.join("config")).unwrap();
 }
 
 async fn outcome(server: &Running) -> (String, String) {

@@ -606,3 +606,136 @@ async fn deep_annotation_values_are_refused_before_any_parser_reads_them() {
         assert!(message.len() < 2_000, "{} bytes of denial", message.len());
     }
 }
+
+/// A `config` key whose sidecar template spins for `example.com/spin` thousand loop turns: an
+/// engine as slow as a test wants, for one pod and not the others.
+const SPINNING_CONFIG: &str = r#"policy: enabled
+defaultTemplates: [sidecar]
+templates:
+  sidecar: |
+    {%- for i in range(annotation("example.com/spin", "0") | int) %}{% for j in range(1000) %}{% endfor %}{% endfor %}
+    spec:
+      containers:
+      - name: istio-proxy
+        image: registry.example/proxyv2:test
+"#;
+
+/// How many thousand turns make a review of the spinning config slow: long enough that the
+/// other requests of a test are answered first, short enough to end within seconds.
+const SPIN: &str = "3000";
+
+/// A server on the spinning config, and its config directory.
+async fn spinning_server(tweak: impl FnOnce(&mut Settings)) -> (Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    tls_client::write_config(dir.path(), SPINNING_CONFIG);
+    let path = dir.path().to_owned();
+    let server = Running::start(move |s| {
+        s.config_dir = Some(path);
+        tweak(s);
+    })
+    .await;
+    (server, dir)
+}
+
+/// Sends a spinning review on its own connection, in the background.
+fn spin(server: &Running) -> tokio::task::JoinHandle<tls_client::Reply> {
+    let mut pod = app_pod();
+    pod["metadata"]["annotations"] = json!({"example.com/spin": SPIN});
+    let client = server.client(Alpn::Http1);
+    tokio::spawn(async move {
+        bounded(
+            "a slow review",
+            client.review(&review("admission.k8s.io/v1", "CREATE", "default", pod)),
+        )
+        .await
+    })
+}
+
+#[tokio::test]
+async fn slow_reviews_do_not_hold_up_an_ordinary_one() {
+    let (server, _config) = spinning_server(|s| {
+        s.engine.workers = 3;
+        s.engine.queue = 0;
+        s.engine.deadline = Duration::from_secs(600);
+    })
+    .await;
+    let slow = [spin(&server), spin(&server)];
+    tls_client::eventually("both slow reviews in the engine", || async {
+        (server.shared.engine.in_flight() == 2).then_some(())
+    })
+    .await;
+    // Answered on another connection while both are still being worked out.
+    still_serving(&server).await;
+    assert!(
+        slow.iter().all(|s| !s.is_finished()),
+        "a slow review ended before the ordinary one was answered"
+    );
+    for s in slow {
+        let reply = s.await.unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["response"]["allowed"], true);
+    }
+}
+
+#[tokio::test]
+async fn a_review_over_the_queue_is_refused_at_once_and_one_past_its_deadline_gets_an_error() {
+    let (server, _config) = spinning_server(|s| {
+        s.engine.workers = 1;
+        s.engine.queue = 1;
+        s.engine.deadline = Duration::from_secs(600);
+    })
+    .await;
+    let running = spin(&server);
+    let waiting = spin(&server);
+    tls_client::eventually("one review running and one waiting", || async {
+        (server.shared.engine.in_flight() == 2).then_some(())
+    })
+    .await;
+    let over = bounded(
+        "a review over the queue",
+        server.client(Alpn::H2).review(&review(
+            "admission.k8s.io/v1",
+            "CREATE",
+            "default",
+            app_pod(),
+        )),
+    )
+    .await;
+    assert_eq!(over.status, 503);
+    let body = over.json();
+    assert_status(&body, 503);
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("busy") && message.contains("1 are waiting"),
+        "{message}"
+    );
+    assert!(!running.is_finished() && !waiting.is_finished());
+    for s in [running, waiting] {
+        assert_eq!(s.await.unwrap().status, 200);
+    }
+
+    // A deadline shorter than the work: an error, while the work still holds its worker.
+    let (server, _config) = spinning_server(|s| {
+        s.engine.workers = 1;
+        s.engine.deadline = Duration::from_millis(200);
+    })
+    .await;
+    let late = spin(&server).await.unwrap();
+    assert_eq!(late.status, 504, "{}", String::from_utf8_lossy(&late.body));
+    let body = late.json();
+    assert_status(&body, 504);
+    assert_eq!(body["details"]["uid"], UID, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("deadline"),
+        "{body}"
+    );
+    assert_eq!(server.shared.engine.in_flight(), 1);
+    tls_client::eventually("the overrun work to end", || async {
+        (server.shared.engine.in_flight() == 0).then_some(())
+    })
+    .await;
+    still_serving(&server).await;
+}

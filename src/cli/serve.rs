@@ -139,6 +139,20 @@ pub struct ServeArgs {
     #[arg(long, env = "SIDECAR_INJECTOR_IDLE_TIMEOUT", default_value_t = server::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,
 
+    /// Reviews the engine works on at once (default: one per CPU).
+    #[arg(long, env = "SIDECAR_INJECTOR_ENGINE_WORKERS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub engine_workers: Option<u64>,
+
+    /// Reviews waiting for an engine worker at most; one more is answered 503 at once
+    /// (default: 32 per worker).
+    #[arg(long, env = "SIDECAR_INJECTOR_ENGINE_QUEUE")]
+    pub engine_queue: Option<u64>,
+
+    /// Seconds a review may take before it is answered with an error; keep it below the
+    /// webhook's `timeoutSeconds` (10 by default).
+    #[arg(long, env = "SIDECAR_INJECTOR_REVIEW_DEADLINE", default_value_t = server::engine_pool::DEFAULT_DEADLINE.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub review_deadline: u64,
+
     /// Seconds to keep serving, reported not ready, after SIGTERM.
     #[arg(long, env = "SIDECAR_INJECTOR_SHUTDOWN_GRACE", default_value_t = 5)]
     pub shutdown_grace: u64,
@@ -199,6 +213,16 @@ impl ServeArgs {
         settings.header_read_timeout = settings.idle_timeout;
         settings.shutdown_grace = Duration::from_secs(self.shutdown_grace);
         settings.drain_timeout = Duration::from_secs(self.drain_timeout);
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        if let Some(workers) = self.engine_workers {
+            settings.engine.workers = size(workers);
+            settings.engine.queue =
+                size(workers).saturating_mul(server::engine_pool::DEFAULT_QUEUE_PER_WORKER);
+        }
+        if let Some(queue) = self.engine_queue {
+            settings.engine.queue = size(queue);
+        }
+        settings.engine.deadline = Duration::from_secs(self.review_deadline);
         settings
     }
 
@@ -377,6 +401,9 @@ mod tests {
             "--log-format=json",
             "--shutdown-grace=2",
             "--drain-timeout=3",
+            "--engine-workers=3",
+            "--engine-queue=5",
+            "--review-deadline=4",
         ]);
         let s = args.settings();
         assert_eq!(s.listen, "127.0.0.1:9443".parse().unwrap());
@@ -395,6 +422,9 @@ mod tests {
         assert_eq!(s.header_read_timeout, Duration::from_secs(95));
         assert_eq!(s.shutdown_grace, Duration::from_secs(2));
         assert_eq!(s.drain_timeout, Duration::from_secs(3));
+        assert_eq!(s.engine.workers, 3);
+        assert_eq!(s.engine.queue, 5);
+        assert_eq!(s.engine.deadline, Duration::from_secs(4));
         assert_eq!(args.log, "sidecar_injector=debug");
         assert_eq!(args.log_format, LogFormat::Json);
     }
@@ -409,6 +439,7 @@ mod tests {
         assert_eq!(s.config_dir, None);
         assert_eq!(s.max_body_bytes, server::DEFAULT_MAX_BODY_BYTES);
         assert_eq!(s.max_connections, server::DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(s.engine, server::EngineLimits::default());
         assert_eq!(
             files(&s).cert,
             PathBuf::from("/etc/sidecar-injector/certs/tls.crt")

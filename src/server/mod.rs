@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 pub mod admin;
 pub mod body;
 pub mod connections;
+pub mod engine_pool;
 pub mod memory;
 pub mod reload;
 pub mod self_signed;
@@ -30,6 +31,7 @@ pub mod state;
 pub mod tls;
 pub mod webhook;
 
+pub use engine_pool::EngineLimits;
 pub use state::{Limits, Shared};
 pub use tls::{CertFiles, CertSource, TlsError};
 
@@ -106,6 +108,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Then: how long open connections get to finish their requests.
     pub drain_timeout: Duration,
+    /// The engine's threads, queue and per-review deadline (see `engine_pool`).
+    pub engine: EngineLimits,
 }
 
 impl Settings {
@@ -132,6 +136,7 @@ impl Settings {
             closing_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(20),
+            engine: EngineLimits::default(),
         }
     }
 }
@@ -180,7 +185,9 @@ impl Server {
             read_timeout: settings.read_timeout,
             body_budget_bytes: settings.body_budget_bytes,
         };
-        let shared = Arc::new(Shared::new(config, certs, limits, settings.native_sidecars));
+        let mut shared = Shared::new(config, certs, limits, settings.native_sidecars);
+        shared.engine = engine_pool::EnginePool::new(settings.engine);
+        let shared = Arc::new(shared);
         let webhook = listen(settings.listen).await?;
         let admin = match settings.admin_listen {
             Some(addr) => Some(listen(addr).await?),

@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use tracing::{error, info};
 
 use super::body::BodyBudget;
+use super::engine_pool::{EngineLimits, EnginePool};
 use super::tls::{CertResolver, Reload, TlsError};
 use crate::cluster::Kubelets;
 use crate::config::{Config, NativeMode};
@@ -46,6 +47,8 @@ pub struct Shared {
     pub replicas: ReplicaMemo,
     /// The bytes of the bodies being read or held, across all requests.
     pub bodies: BodyBudget,
+    /// Where reviews the memo cannot answer are worked out.
+    pub engine: EnginePool,
 }
 
 impl Shared {
@@ -69,6 +72,7 @@ impl Shared {
             kubelets: ArcSwap::from_pointee(Kubelets::default()),
             bodies: BodyBudget::new(limits.body_budget_bytes),
             limits,
+            engine: EnginePool::new(EngineLimits::default()),
         }
     }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -13,6 +13,7 @@ use serde_json::Value;
 use tracing::{Instrument, error, field, info, info_span, warn};
 
 use super::body;
+use super::engine_pool::PoolError;
 use super::state::Shared;
 use crate::admission::{self, AdmitError, ApiVersion, Decision, Head, Review, ReviewError};
 use crate::config::Config;
@@ -84,7 +85,7 @@ async fn inject(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bod
     answered.response
 }
 
-async fn answer(shared: &Shared, headers: &HeaderMap, body: Body) -> Answered {
+async fn answer(shared: &Arc<Shared>, headers: &HeaderMap, body: Body) -> Answered {
     if !is_json(headers) {
         let found = headers
             .get(header::CONTENT_TYPE)
@@ -98,11 +99,13 @@ async fn answer(shared: &Shared, headers: &HeaderMap, body: Body) -> Answered {
         Err(refusal) => return refuse(refusal.status(), refusal.message()),
     };
     let config = shared.config.load_full();
-    let (api_version, uid, decided) = match decide(shared, &config, &body) {
+    let (api_version, uid, decided) = match decide(shared, config, body).await {
         Ok(decided) => decided,
-        Err(err) => return refuse(StatusCode::BAD_REQUEST, err.to_string()),
+        Err(Undecided::NotAReview(err)) => {
+            return refuse(StatusCode::BAD_REQUEST, err.to_string());
+        }
+        Err(Undecided::Engine(err, uid)) => return engine_error(&err, uid.as_deref()),
     };
-    drop(body);
     drop(held);
     match decided {
         Ok(decision) => {
@@ -142,37 +145,68 @@ async fn answer(shared: &Shared, headers: &HeaderMap, body: Body) -> Answered {
     }
 }
 
-/// The decision on a body, with the `apiVersion` and uid to answer with. A pod CREATE whose
-/// replica was answered before is answered from the memo without reading the pod (see
-/// `replicas`); any other body is read whole and goes to the engine. `Err`: the body is not a
-/// review.
-fn decide(
-    shared: &Shared,
-    config: &Arc<Config>,
-    body: &[u8],
-) -> Result<(ApiVersion, String, Result<Decision, AdmitError>), ReviewError> {
+/// A decision, with the `apiVersion` and uid to answer with.
+type Decided = (ApiVersion, String, Result<Decision, AdmitError>);
+
+/// Why a body got no decision.
+enum Undecided {
+    /// The body is not a review.
+    NotAReview(ReviewError),
+    /// The engine pool refused it or gave up on it; with the uid when the head read.
+    Engine(PoolError, Option<String>),
+}
+
+/// The decision on a body. A pod CREATE whose replica was answered before is answered from the
+/// memo, here, without reading the pod (see `replicas`); any other body goes to the engine pool,
+/// is read whole there and goes to the engine.
+async fn decide(
+    shared: &Arc<Shared>,
+    config: Arc<Config>,
+    body: Bytes,
+) -> Result<Decided, Undecided> {
     let span = tracing::Span::current();
     let mut key = None;
-    let mut recorded = false;
-    if let Some(head) = Head::from_slice(body) {
-        recorded = true;
+    let mut uid = None;
+    if let Some(head) = Head::from_slice(&body) {
         span.record("uid", head.uid.as_str());
         span.record("namespace", head.namespace.as_deref().unwrap_or_default());
         span.record("pod", head.display_name.as_str());
         span.record("dry_run", head.dry_run);
-        let native = shared.native_sidecars(config, head.node_name.as_deref());
-        key = Key::new(body, &head.uid, head.token_volume.as_deref(), native);
-        let full = || match Review::from_slice(body) {
-            Ok(review) => admission::decide(config, &review, native),
+        let native = shared.native_sidecars(&config, head.node_name.as_deref());
+        key = Key::new(&body, &head.uid, head.token_volume.as_deref(), native);
+        let full = || match Review::from_slice(&body) {
+            Ok(review) => admission::decide(&config, &review, native),
             Err(err) => panic!("a body whose head reads does not read as a review: {err}"),
         };
         if let Some(decision) = key
             .as_ref()
-            .and_then(|key| shared.replicas.replay(config, key, full))
+            .and_then(|key| shared.replicas.replay(&config, key, full))
         {
             return Ok((head.api_version, head.uid, Ok(decision)));
         }
+        uid = Some(head.uid);
     }
+    let recorded = uid.is_some();
+    let work = {
+        let shared = shared.clone();
+        move || span.in_scope(|| decide_in_full(&shared, &config, &body, key, recorded))
+    };
+    match shared.engine.run(work).await {
+        Ok(decided) => decided.map_err(Undecided::NotAReview),
+        Err(err) => Err(Undecided::Engine(err, uid)),
+    }
+}
+
+/// The rest of [`decide`], on an engine thread: the body read whole, then the memo or the
+/// engine. `key` is the head's, when it read (and `recorded` says the span has its fields).
+fn decide_in_full(
+    shared: &Shared,
+    config: &Arc<Config>,
+    body: &[u8],
+    key: Option<Key>,
+    recorded: bool,
+) -> Result<Decided, ReviewError> {
+    let span = tracing::Span::current();
     let review = Review::from_slice(body)?;
     // A body with a head has had these recorded from it (the same values).
     if !recorded {
@@ -196,6 +230,22 @@ fn decide(
         .replicas
         .decide(config, key, || admission::decide(config, &review, native));
     Ok((review.api_version, review.uid, decided))
+}
+
+/// The answer when the engine pool gave none: the API server's `failurePolicy` decides.
+fn engine_error(err: &PoolError, uid: Option<&str>) -> Answered {
+    let (code, reason) = match err {
+        PoolError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "engine_busy"),
+        PoolError::Deadline(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline"),
+        PoolError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "engine_failed"),
+    };
+    let message = err.to_string();
+    Answered {
+        response: status_response(code, &message, uid),
+        outcome: "error",
+        reason,
+        detail: Some(message),
+    }
 }
 
 /// `application/json`, with or without parameters such as `charset=utf-8`.
@@ -240,7 +290,7 @@ fn status_response(code: StatusCode, message: &str, uid: Option<&str>) -> Respon
         StatusCode::BAD_REQUEST => "BadRequest",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaType",
         StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLarge",
-        StatusCode::REQUEST_TIMEOUT => "Timeout",
+        StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => "Timeout",
         StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
         _ => "InternalError",
     };

@@ -28,6 +28,14 @@ pub fn write_cert(dir: &Path) -> CertificateDer<'static> {
     generated.cert.der().clone()
 }
 
+/// Writes the `config` key of a mounted ConfigMap directory: aside, then renamed, as kubelet's
+/// symlink swap makes the change atomic.
+pub fn write_config(dir: &Path, text: &str) {
+    let tmp = dir.join(".config.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(tmp, dir.join("config")).unwrap();
+}
+
 pub fn cert_files(dir: &Path) -> CertFiles {
     CertFiles {
         cert: dir.join("tls.crt"),

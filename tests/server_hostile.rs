@@ -739,3 +739,75 @@ async fn a_review_over_the_queue_is_refused_at_once_and_one_past_its_deadline_ge
     .await;
     still_serving(&server).await;
 }
+
+/// A self-signed pair for localhost valid from `not_before` to `not_after` (seconds from now).
+fn pair_valid(not_before: i64, not_after: i64) -> (String, String) {
+    let now = time::OffsetDateTime::now_utc();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.not_before = now + time::Duration::seconds(not_before);
+    params.not_after = now + time::Duration::seconds(not_after);
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn metric_line<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines().find(|l| l.starts_with(name))
+}
+
+#[tokio::test]
+async fn certificates_outside_their_validity_are_never_served() {
+    const DAY: i64 = 86_400;
+    let server = Running::start(|s| s.reload_interval = Duration::from_millis(100)).await;
+    let client = server.client(Alpn::H2);
+    let body = review("admission.k8s.io/v1", "CREATE", "default", app_pod());
+    let served = client.review(&body).await.leaf;
+    for (n, (not_before, not_after)) in [(-2 * DAY, -DAY), (DAY, 2 * DAY)].into_iter().enumerate() {
+        let (cert, key) = pair_valid(not_before, not_after);
+        std::fs::write(server.dir.path().join("tls.crt"), &cert).unwrap();
+        std::fs::write(server.dir.path().join("tls.key"), &key).unwrap();
+        let failures = format!(
+            r#"sidecar_injection_cert_reloads_total{{result="failure"}} {}"#,
+            n + 1
+        );
+        tls_client::eventually("the refused reload to be counted", || async {
+            server
+                .shared
+                .metrics
+                .encode()
+                .contains(&failures)
+                .then_some(())
+        })
+        .await;
+        // New connections still get the old certificate, and the server stays ready.
+        let reply = client.review(&body).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.leaf, served);
+        assert_eq!(server.admin_get("/readyz").await.0, 200);
+        let text = server.shared.metrics.encode();
+        assert!(
+            !text.contains(r#"cert_reloads_total{result="success"}"#),
+            "{text}"
+        );
+        let expiry = metric_line(&text, "sidecar_injection_cert_expiry_seconds ")
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .expect("the expiry gauge");
+        assert!(
+            expiry > 0.0,
+            "the gauge shows the refused certificate: {expiry}"
+        );
+
+        // At start-up the same pair is an error that says why.
+        let mut settings = Settings::new(
+            "127.0.0.1:0".parse().unwrap(),
+            tls_client::cert_files(server.dir.path()),
+        );
+        settings.admin_listen = None;
+        let err = sidecar_injector::server::Server::bind(settings)
+            .await
+            .err()
+            .expect("bind refuses the pair");
+        assert!(err.to_string().contains("not valid now"), "{err}");
+    }
+}

@@ -33,6 +33,16 @@ pub enum TlsError {
     BadKey { origin: String, message: String },
     #[error("the key does not match the certificate ({origin}): {message}")]
     Mismatch { origin: String, message: String },
+    /// Outside its validity window: every client would refuse the handshake.
+    #[error(
+        "{origin}: the certificate is not valid now ({now}): it is valid from {not_before} to {not_after}; accepted: a certificate whose notBefore has passed and whose notAfter has not"
+    )]
+    OutsideValidity {
+        origin: String,
+        now: String,
+        not_before: String,
+        not_after: String,
+    },
 }
 
 /// Where the PEM certificate chain and private key live (`tls.crt` and `tls.key` of a Secret).
@@ -90,9 +100,51 @@ pub fn parse_pem(cert_pem: &[u8], key_pem: &[u8], origin: &str) -> Result<Certif
         origin: origin.to_owned(),
         message: e.to_string(),
     })?;
-    CertifiedKey::from_der(chain, key, &provider()).map_err(|e| TlsError::Mismatch {
+    let certified =
+        CertifiedKey::from_der(chain, key, &provider()).map_err(|e| TlsError::Mismatch {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+    check_validity(&certified, origin, now_unix())?;
+    Ok(certified)
+}
+
+/// Seconds since the Unix epoch by the system clock (0 if it is set before 1970).
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Refuses a leaf outside its validity window at `now` (Unix seconds), as every client would:
+/// served, it would fail each handshake while the server reports itself ready.
+fn check_validity(certified: &CertifiedKey, origin: &str, now: i64) -> Result<(), TlsError> {
+    let Some(leaf) = certified.cert.first() else {
+        return Ok(());
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+        return Err(TlsError::BadCertificate {
+            origin: origin.to_owned(),
+            message: "the leaf certificate is not X.509 DER".to_owned(),
+        });
+    };
+    let validity = cert.validity();
+    let (not_before, not_after) = (
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    );
+    if (not_before..=not_after).contains(&now) {
+        return Ok(());
+    }
+    let show = |t: i64| {
+        x509_parser::time::ASN1Time::from_timestamp(t)
+            .map_or_else(|_| format!("{t} (Unix seconds)"), |t| t.to_string())
+    };
+    Err(TlsError::OutsideValidity {
         origin: origin.to_owned(),
-        message: e.to_string(),
+        now: show(now),
+        not_before: show(not_before),
+        not_after: show(not_after),
     })
 }
 
@@ -290,6 +342,59 @@ mod tests {
         .unwrap();
         let err = CertResolver::load(files(dir.path())).unwrap_err();
         assert!(matches!(err, TlsError::Mismatch { .. }), "{err}");
+    }
+
+    /// A self-signed pair valid from `not_before` to `not_after` (Unix seconds).
+    fn pair_valid(not_before: i64, not_after: i64) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a.example".to_owned()]).unwrap();
+        params.not_before = time::OffsetDateTime::from_unix_timestamp(not_before).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_certificate_outside_its_validity_window_is_refused() {
+        let now = now_unix();
+        let day = 86_400;
+        for (not_before, not_after, what) in [
+            (now - 2 * day, now - day, "expired"),
+            (now + day, now + 2 * day, "not yet valid"),
+        ] {
+            let (cert, key) = pair_valid(not_before, not_after);
+            let err = parse_pem(cert.as_bytes(), key.as_bytes(), "the pair").unwrap_err();
+            assert!(
+                matches!(err, TlsError::OutsideValidity { .. }),
+                "{what}: {err}"
+            );
+            assert!(err.to_string().contains("notAfter"), "{err}");
+        }
+        // The bounds themselves are inside the window, as X.509 defines it.
+        let (cert, key) = pair_valid(now - day, now + day);
+        let certified = parse_pem(cert.as_bytes(), key.as_bytes(), "the pair").unwrap();
+        check_validity(&certified, "t", now - day).unwrap();
+        check_validity(&certified, "t", now + day).unwrap();
+        assert!(check_validity(&certified, "t", now + day + 1).is_err());
+        assert!(check_validity(&certified, "t", now - day - 1).is_err());
+    }
+
+    #[test]
+    fn an_expired_pair_on_reload_keeps_the_one_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        write_cert(dir.path(), "a.example");
+        let resolver = CertResolver::load(files(dir.path())).unwrap();
+        let first = resolver.chain();
+        let now = now_unix();
+        let (cert, key) = pair_valid(now - 2 * 86_400, now - 86_400);
+        std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
+        std::fs::write(dir.path().join("tls.key"), key).unwrap();
+        let err = resolver.reload().unwrap_err();
+        assert!(matches!(err, TlsError::OutsideValidity { .. }), "{err}");
+        assert_eq!(resolver.chain(), first);
+        // And at start-up it is an error.
+        let err = CertResolver::load(files(dir.path())).unwrap_err();
+        assert!(matches!(err, TlsError::OutsideValidity { .. }), "{err}");
     }
 
     #[test]

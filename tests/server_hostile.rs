@@ -811,3 +811,48 @@ async fn certificates_outside_their_validity_are_never_served() {
         assert!(err.to_string().contains("not valid now"), "{err}");
     }
 }
+
+#[tokio::test]
+async fn a_config_whose_template_does_not_render_never_goes_live() {
+    let typo = SPINNING_CONFIG.replace(
+        "image: registry.example/proxyv2:test",
+        "image: {{ proxy_image | upperr }}",
+    );
+    // At start-up: refused, naming the template and the error.
+    let dir = tempfile::tempdir().unwrap();
+    tls_client::write_config(dir.path(), &typo);
+    let certs = tempfile::tempdir().unwrap();
+    tls_client::write_cert(certs.path());
+    let mut settings = Settings::new(
+        "127.0.0.1:0".parse().unwrap(),
+        tls_client::cert_files(certs.path()),
+    );
+    settings.config_dir = Some(dir.path().to_owned());
+    let err = sidecar_injector::server::Server::bind(settings)
+        .await
+        .err()
+        .expect("bind refuses the config");
+    let message = err.to_string();
+    assert!(message.contains(r#"template "sidecar""#), "{message}");
+    assert!(message.contains("upperr"), "{message}");
+
+    // On reload: refused and counted, and the config in force still answers.
+    let (server, config) =
+        spinning_server(|s| s.reload_interval = Duration::from_millis(100)).await;
+    tls_client::write_config(config.path(), &typo);
+    tls_client::eventually("the refused reload to be counted", || async {
+        let text = server.shared.metrics.encode();
+        text.contains(r#"sidecar_injection_config_reloads_total{result="failure"} 1"#)
+            .then_some(())
+    })
+    .await;
+    let body = create(
+        &server,
+        Alpn::H2,
+        "a review after the refused reload",
+        app_pod(),
+    )
+    .await;
+    assert_eq!(body["response"]["allowed"], true, "{body}");
+    assert_eq!(server.admin_get("/readyz").await.0, 200);
+}

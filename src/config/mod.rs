@@ -13,6 +13,7 @@ mod defaults;
 mod error;
 mod injection;
 mod merge;
+mod render_check;
 mod templates;
 
 pub use error::ConfigError;
@@ -143,7 +144,8 @@ impl Config {
         }
     }
 
-    /// Parses, validates and compiles the three keys.
+    /// Parses, validates and compiles the three keys, then renders every template for a few
+    /// representative pods (see `render_check`).
     pub fn from_sources(sources: &Sources) -> Result<Config, ConfigError> {
         let injection = Injection::parse(&sources.config)?;
         let values = merged_over(defaults::VALUES, &sources.values, "values")?;
@@ -153,7 +155,7 @@ impl Config {
         let warnings = check_mesh(&mesh)?;
         let templates = Templates::compile(&injection.templates)?;
         injection.check_template_names(&templates)?;
-        Ok(Config {
+        let config = Config {
             proxy_defaults: ProxyDefaults::new(&mesh, &values),
             renders: Default::default(),
             values_ctx: minijinja::Value::from(minijinja::value::Serde(&values)),
@@ -164,6 +166,12 @@ impl Config {
             templates,
             native_mode,
             warnings,
+        };
+        render_check::check(&config)?;
+        // The check's renders are not worth keeping for real pods.
+        Ok(Config {
+            renders: Default::default(),
+            ..config
         })
     }
 

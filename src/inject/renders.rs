@@ -297,7 +297,7 @@ mod tests {
     #[test]
     fn pods_that_read_alike_share_a_render_and_others_do_not() {
         let config = config(
-            "metadata:\n  labels:\n    x: {{ metadata.labels.app }}\nspec:\n  containers:\n  - name: c\n    image: {{ spec.terminationGracePeriodSeconds }}\n",
+            "metadata:\n  labels:\n    x: {{ metadata.labels.app }}\nspec:\n  containers:\n  - name: c\n    image: {{ spec.terminationGracePeriodSeconds | string }}\n",
         );
         let memo = &config.renders;
         let first = injected(&config, &pod("a", "v1", json!(30)));
@@ -358,7 +358,7 @@ mod tests {
 
     #[test]
     fn a_render_that_lists_the_whole_context_is_not_reused() {
-        let config = config("metadata:\n  annotations:\n    n: {{ debug() | length }}\n");
+        let config = config("metadata:\n  annotations:\n    n: {{ debug() | length | string }}\n");
         injected(&config, &pod("a", "v", json!(1)));
         assert_eq!(config.renders.len(), 0);
     }

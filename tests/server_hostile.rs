@@ -856,3 +856,27 @@ async fn a_config_whose_template_does_not_render_never_goes_live() {
     assert_eq!(body["response"]["allowed"], true, "{body}");
     assert_eq!(server.admin_get("/readyz").await.0, 200);
 }
+
+#[tokio::test]
+async fn a_drain_url_that_curl_would_expand_is_denied() {
+    let server = Running::start(|_| {}).await;
+    for url in [
+        "http://127.0.0.1:18999/[1-100000]",
+        "http://localhost:8080/{a,b,c}",
+    ] {
+        let mut pod = app_pod();
+        pod["metadata"]["annotations"] = json!({
+            "sidecar.istio.io/drainUntilUnready": url,
+            "sidecar.istio.io/drainTimeoutSeconds": "3",
+        });
+        let body = create(&server, Alpn::Http1, url, pod).await;
+        let message = denial(&body);
+        assert!(
+            message.contains("sidecar.istio.io/drainUntilUnready"),
+            "{message}"
+        );
+        assert!(message.contains("-._~:/?#@+,=%"), "{message}");
+        assert!(message.contains("[ ] { }"), "{message}");
+    }
+    still_serving(&server).await;
+}

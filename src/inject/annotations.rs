@@ -302,21 +302,33 @@ fn proxy_config(text: &str) -> Result<(), String> {
 }
 
 fn drain_url(text: &str) -> Result<(), String> {
-    let accepted = "accepted: an http:// URL of the application on localhost, e.g. http://localhost:8080/ready, made of letters, digits and -._~:/?#[]@+,=%";
+    let accepted = "accepted: an http:// URL of the application on localhost, e.g. http://localhost:8080/ready: the host localhost, 127.0.0.1 or [::1], an optional port, then only letters, digits and -._~:/?#@+,=% (none of the [ ] { } that curl reads as a glob, no spaces or quotes)";
     let Some(rest) = text.strip_prefix("http://") else {
         return Err(accepted.into());
     };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = match authority.rsplit_once(':') {
-        Some((host, port)) if port.parse::<u16>().is_ok() => host,
-        Some(_) => return Err(accepted.into()),
-        None => authority,
+    let Some(host) = ["localhost", "127.0.0.1", "[::1]"]
+        .into_iter()
+        .find(|host| rest.starts_with(host))
+    else {
+        return Err(accepted.into());
     };
-    // The URL is run by the hook's shell: only characters a URL needs, none the shell reads.
-    let safe = text
+    let after_host = &rest[host.len()..];
+    let path = match after_host.strip_prefix(':') {
+        Some(port_on) => {
+            let end = port_on.find(['/', '?', '#']).unwrap_or(port_on.len());
+            if port_on[..end].parse::<u16>().is_err() {
+                return Err(accepted.into());
+            }
+            &port_on[end..]
+        }
+        None => after_host,
+    };
+    // The URL is an argument of the hook's script, never part of it, and curl runs it with
+    // globbing off; still, only characters a URL needs, none a shell or curl's globbing reads.
+    let safe = path
         .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-._~:/?#[]@+,=%".contains(c));
-    if matches!(host, "localhost" | "127.0.0.1" | "[::1]") && safe {
+        .all(|c| c.is_ascii_alphanumeric() || "-._~:/?#@+,=%".contains(c));
+    if (path.is_empty() || path.starts_with(['/', '?', '#'])) && safe {
         Ok(())
     } else {
         Err(accepted.into())
@@ -361,6 +373,36 @@ mod tests {
             DRAIN_TIMEOUT: "30",
         }));
         assert!(p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn drain_urls_take_no_glob_or_shell_characters() {
+        for good in [
+            "http://localhost:8080/ready",
+            "http://127.0.0.1/ready?x=1",
+            "http://[::1]:8080/",
+            "http://[::1]",
+            "http://localhost",
+            "http://localhost:9000/a-b_c.d~e/%20?q=a,b+c#top",
+        ] {
+            assert_eq!(drain_url(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "http://127.0.0.1:18999/[1-100000]",
+            "http://localhost/{a,b}",
+            "http://localhost/a]",
+            "http://localhost:80:80/",
+            "http://localhostx/",
+            "http://localhost.evil.example/",
+            "http://localhost:99999/",
+            "http://localhost/a b",
+            "http://localhost/$(reboot)",
+            "http://localhost/'\"",
+            "https://localhost/",
+        ] {
+            let err = drain_url(bad).unwrap_err();
+            assert!(err.contains("[ ] { }"), "{bad}: {err}");
+        }
     }
 
     #[test]

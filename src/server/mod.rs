@@ -289,7 +289,7 @@ impl Server {
 
         shared.set_ready(true);
         // The engine runs on the runtime's worker threads, one per core.
-        let engines = std::thread::available_parallelism().map_or(1, usize::from);
+        let engines = settings.engine.workers;
         info!(
             addr = %webhook.local_addr().unwrap_or(settings.listen),
             memory_bound_mib = memory::worst_case(&settings, engines) / (1024 * 1024),

@@ -99,14 +99,13 @@ async fn answer(shared: &Arc<Shared>, headers: &HeaderMap, body: Body) -> Answer
         Err(refusal) => return refuse(refusal.status(), refusal.message()),
     };
     let config = shared.config.load_full();
-    let (api_version, uid, decided) = match decide(shared, config, body).await {
+    let (api_version, uid, decided) = match decide(shared, config, body, held).await {
         Ok(decided) => decided,
         Err(Undecided::NotAReview(err)) => {
             return refuse(StatusCode::BAD_REQUEST, err.to_string());
         }
         Err(Undecided::Engine(err, uid)) => return engine_error(&err, uid.as_deref()),
     };
-    drop(held);
     match decided {
         Ok(decision) => {
             if let Decision::Patch {
@@ -158,11 +157,14 @@ enum Undecided {
 
 /// The decision on a body. A pod CREATE whose replica was answered before is answered from the
 /// memo, here, without reading the pod (see `replicas`); any other body goes to the engine pool,
-/// is read whole there and goes to the engine.
+/// is read whole there and goes to the engine. `held` is the body's share of the body budget:
+/// it goes with the body, so a review past its deadline keeps it until the engine is done with
+/// the body (the memory bound counts the engine's working memory against the budget).
 async fn decide(
     shared: &Arc<Shared>,
     config: Arc<Config>,
     body: Bytes,
+    held: body::Held,
 ) -> Result<Decided, Undecided> {
     let span = tracing::Span::current();
     let mut key = None;
@@ -189,7 +191,11 @@ async fn decide(
     let recorded = uid.is_some();
     let work = {
         let shared = shared.clone();
-        move || span.in_scope(|| decide_in_full(&shared, &config, &body, key, recorded))
+        move || {
+            let decided = span.in_scope(|| decide_in_full(&shared, &config, &body, key, recorded));
+            drop(held);
+            decided
+        }
     };
     match shared.engine.run(work).await {
         Ok(decided) => decided.map_err(Undecided::NotAReview),

@@ -1,6 +1,8 @@
 //! Connections and memory are bounded: idle connections of every kind are closed and free
-//! their slot, the admin port is capped too, bodies in flight stay within the budget (read from
-//! the process's own memory), and an h2 client reads an early refusal instead of a stream error.
+//! their slot, at the cap the idlest connection makes room while one with a request in flight
+//! keeps its slot, the admin port is capped too, bodies in flight stay within the budget (read
+//! from the process's own memory), and an h2 client reads an early refusal instead of a stream
+//! error.
 
 mod tls_client;
 
@@ -167,26 +169,103 @@ async fn try_healthz(admin: SocketAddr) -> Option<u16> {
     head.split(' ').nth(1)?.parse().ok()
 }
 
+/// Whether the server keeps `stream` open: what it has sent (a TLS session ticket, say) is read
+/// and dropped, then a read would wait, where a closed one gives end of file or an error.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.try_read(&mut buf) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(e) => return e.kind() == std::io::ErrorKind::WouldBlock,
+        }
+    }
+}
+
 #[tokio::test]
-async fn the_admin_port_is_capped() {
+async fn the_admin_port_is_capped_and_idle_connections_make_room() {
     let server = Running::start(|s| s.admin_max_connections = 2).await;
-    let mut idle = Vec::new();
-    for _ in 0..2 {
-        idle.push(TcpStream::connect(server.admin).await.unwrap());
-    }
-    // Accepted and closed at once, while the two idle ones (10 s to their first request) stay.
-    let mut over = TcpStream::connect(server.admin).await.unwrap();
-    closed_by_server("an admin connection over the limit", &mut over).await;
-    for open in &idle {
-        let mut probe = [0u8; 1];
-        assert!(
-            matches!(open.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-            "an idle admin connection under the limit was closed"
-        );
-    }
-    drop(idle.pop());
-    let status = tls_client::eventually("a free admin slot", || try_healthz(server.admin)).await;
-    assert_eq!(status, 200);
+    let mut oldest = TcpStream::connect(server.admin).await.unwrap();
+    // Accepted after the first: the server has both once its `requests` would count a third.
+    let newer = TcpStream::connect(server.admin).await.unwrap();
+    // At the cap, a new connection takes the slot of the one idle the longest (10 s before its
+    // first-request timeout would close it): kubelet probes get through idle connections.
+    let status = try_healthz(server.admin).await;
+    assert_eq!(status, Some(200));
+    closed_by_server("the admin connection idle the longest", &mut oldest).await;
+    assert!(
+        still_open(&newer),
+        "the newer idle admin connection was closed too"
+    );
+}
+
+#[tokio::test]
+async fn idle_webhook_connections_make_room_for_a_review() {
+    // Phases far longer than the test: only the cap can close a connection here.
+    let server = Running::start(|s| {
+        s.max_connections = 2;
+        s.first_request_timeout = STEP_BOUND * 2;
+        s.idle_timeout = STEP_BOUND * 2;
+    })
+    .await;
+    let client = server.client(Alpn::Http1);
+    let mut oldest = client.connect().await.unwrap();
+    let newer = client.connect().await.unwrap();
+    let tls = client.connect().await.unwrap();
+    let body = serde_json::to_vec(&pod_review()).unwrap();
+    let reply = bounded(
+        "a review at the cap",
+        client.send_on(tls, "POST", "/inject", Some("application/json"), body),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    closed_by_server("the webhook connection idle the longest", &mut oldest).await;
+    assert!(
+        still_open(newer.get_ref().0),
+        "the newer idle webhook connection was closed too"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_with_a_request_in_flight_keeps_its_slot() {
+    let server = Running::start(|s| s.max_connections = 1).await;
+    let client = server.client(Alpn::Http1);
+    let body = serde_json::to_vec(&pod_review()).unwrap();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut busy = client.connect().await.unwrap();
+    let head = format!(
+        "POST /inject HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    busy.write_all(head.as_bytes()).await.unwrap();
+    busy.write_all(first).await.unwrap();
+    busy.flush().await.unwrap();
+    // The review is in flight once the handler has it.
+    tls_client::eventually("the review to reach the handler", || async {
+        (server.shared.metrics.requests.get() == 1).then_some(())
+    })
+    .await;
+    // No idle connection to close: the new one is refused, before its TLS handshake.
+    assert!(
+        bounded("a connection over the cap", client.connect())
+            .await
+            .is_err(),
+        "a connection over the cap got in while the only slot had a request in flight"
+    );
+    busy.write_all(rest).await.unwrap();
+    busy.flush().await.unwrap();
+    let mut answer = Vec::new();
+    bounded("the answer", busy.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(UID), "{answer}");
+    // Its connection closed after the answer (`connection: close`): the slot is free again, once
+    // the server has seen the close.
+    let reply = review_in_a_free_slot(&server, Alpn::Http1).await;
+    assert_eq!(reply.status, 200);
 }
 
 #[tokio::test]

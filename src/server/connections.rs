@@ -8,10 +8,11 @@
 //! passes the connection is closed gracefully (GOAWAY on h2), then dropped if the client does
 //! not let it finish.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -20,7 +21,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -88,15 +89,55 @@ impl Phases {
 
 /// The cap on open connections of one listener.
 ///
-/// A connection over the cap is closed as soon as it is accepted rather than left waiting in
-/// the listen backlog: a waiting client (the API server) would only give up at its own webhook
-/// timeout, seconds later, while a refused one fails at once and can try another replica. The
-/// limit is logged when it is first hit, not per connection, so a flood does not flood the log.
+/// At the cap, a new connection takes the slot of the open connection that has been idle
+/// longest (no request in flight: between requests, before its first one, or still in its TLS
+/// handshake), which is closed at once. So connections that send nothing cannot keep anyone
+/// out, however many a client opens: to hold a slot, a connection must keep a request in
+/// flight, and requests are bounded in time and by the body budget. An idle connection is what
+/// the idle timeout would close anyway; the API server's HTTP client retries a request on an
+/// idle connection the server closed.
+///
+/// When every connection has a request in flight, a new one is closed as soon as it is
+/// accepted rather than left waiting in the listen backlog: a waiting client (the API server)
+/// would only give up at its own webhook timeout, seconds later, while a refused one fails at
+/// once and can try another replica. The limit is logged when it is first hit, not per
+/// connection, so a flood does not flood the log.
 pub struct ConnectionSlots {
     name: &'static str,
     slots: Arc<Semaphore>,
     max: u32,
     full: bool,
+    open: Arc<Mutex<Open>>,
+}
+
+/// The open connections of one listener, for the cap to choose which one to close.
+#[derive(Default)]
+struct Open {
+    next_id: u64,
+    connections: HashMap<u64, Arc<OpenConnection>>,
+}
+
+struct OpenConnection {
+    activity: watch::Receiver<Activity>,
+    /// Taken by the connection that evicts this one.
+    slot: Mutex<Option<OwnedSemaphorePermit>>,
+    evicted: Notify,
+}
+
+/// Removes a connection from [`Open`] when its task ends, however it ends.
+struct Registered {
+    open: Arc<Mutex<Open>>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&self.open).connections.remove(&self.id);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl ConnectionSlots {
@@ -108,6 +149,49 @@ impl ConnectionSlots {
             slots: Arc::new(Semaphore::new(max as usize)),
             max,
             full: false,
+            open: Arc::default(),
+        }
+    }
+
+    /// Records a new connection holding `slot`; its task holds the returned guard and watches
+    /// the connection's `evicted`.
+    fn register(
+        &self,
+        slot: OwnedSemaphorePermit,
+        activity: watch::Receiver<Activity>,
+    ) -> (Registered, Arc<OpenConnection>) {
+        let connection = Arc::new(OpenConnection {
+            activity,
+            slot: Mutex::new(Some(slot)),
+            evicted: Notify::new(),
+        });
+        let mut open = lock(&self.open);
+        let id = open.next_id;
+        open.next_id += 1;
+        open.connections.insert(id, connection.clone());
+        let registered = Registered {
+            open: self.open.clone(),
+            id,
+        };
+        (registered, connection)
+    }
+
+    /// The slot of the connection idle the longest, which is told to close; `None` when every
+    /// open connection has a request in flight.
+    fn evict_idlest(&self) -> Option<OwnedSemaphorePermit> {
+        let mut open = lock(&self.open);
+        loop {
+            let (&id, _) = open
+                .connections
+                .iter()
+                .filter(|(_, c)| c.activity.borrow().in_flight == 0)
+                .min_by_key(|(_, c)| c.activity.borrow().idle_since)?;
+            let victim = open.connections.remove(&id)?;
+            if let Some(slot) = lock(&victim.slot).take() {
+                // `notify_one` keeps the wake-up for a task that is not waiting yet.
+                victim.evicted.notify_one();
+                return Some(slot);
+            }
         }
     }
 
@@ -125,14 +209,18 @@ impl ConnectionSlots {
                 Some(slot)
             }
             Err(_) => {
+                if let Some(slot) = self.evict_idlest() {
+                    debug!(listener = self.name, %peer, "at the connection limit: closed the connection idle the longest");
+                    return Some(slot);
+                }
                 if !std::mem::replace(&mut self.full, true) {
                     warn!(
                         listener = self.name,
                         max = self.max,
-                        "connection limit reached: new connections are closed until one ends"
+                        "connection limit reached with a request in flight on every connection: new connections are closed until one ends"
                     );
                 }
-                debug!(listener = self.name, %peer, "connection closed: at the connection limit");
+                debug!(listener = self.name, %peer, "connection closed: at the connection limit, none idle");
                 None
             }
         }
@@ -188,6 +276,8 @@ impl Listener {
                             drop(socket);
                             continue;
                         };
+                        let (activity, watched) = watch::channel(Activity::new());
+                        let (registered, connection) = slots.register(slot, watched);
                         let handshake = handshake(socket);
                         let builder = builder.clone();
                         let router = router.clone();
@@ -195,12 +285,17 @@ impl Listener {
                         tokio::spawn(async move {
                             let served = async {
                                 let io = handshake.await?;
-                                serve_connection(io, builder, router, &phases, stop).await
+                                serve_connection(io, builder, router, &phases, stop, activity).await
                             };
-                            if let Err(err) = served.await {
-                                debug!(listener = name, %peer, error = %err, "connection ended with an error");
+                            tokio::select! {
+                                result = served => if let Err(err) = result {
+                                    debug!(listener = name, %peer, error = %err, "connection ended with an error");
+                                },
+                                () = connection.evicted.notified() => {
+                                    debug!(listener = name, %peer, "idle connection closed to make room for a new one");
+                                }
                             }
-                            drop(slot);
+                            drop(registered);
                         });
                     }
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -255,11 +350,14 @@ async fn serve_connection<IO>(
     router: axum::Router,
     phases: &Phases,
     mut stop: watch::Receiver<bool>,
+    activity: watch::Sender<Activity>,
 ) -> Result<(), BoxError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (activity, mut watched) = watch::channel(Activity::default());
+    // The first request's time runs from the end of the handshake.
+    activity.send_modify(|a| a.idle_since = Instant::now());
+    let mut watched = activity.subscribe();
     let service = Tracked {
         inner: TowerToHyperService::new(router),
         activity,
@@ -269,14 +367,13 @@ where
         .into_owned();
     tokio::pin!(conn);
 
-    let mut idle_since = Instant::now();
     let mut stopping = false;
     // Set once a close has begun for idling: the time the client has to let it finish.
     let mut closing: Option<Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         let now = *watched.borrow_and_update();
         let deadline = (closing.is_none() && !stopping && now.in_flight == 0).then(|| {
-            idle_since
+            now.idle_since
                 + if now.requests == 0 {
                     phases.first_request
                 } else {
@@ -290,9 +387,6 @@ where
                     // The service is gone only with the connection, which then ends.
                     return conn.as_mut().await;
                 }
-                if watched.borrow().in_flight == 0 {
-                    idle_since = Instant::now();
-                }
             }
             () = stopped(&mut stop), if !stopping => {
                 // Shutdown (or the listener gone): close gracefully; the drain bounds the rest.
@@ -301,7 +395,7 @@ where
             }
             () = sleep_until(deadline) => {
                 let what = if now.requests == 0 { "no first request" } else { "idle" };
-                debug!(after = ?(deadline.map(|d| d - idle_since)), "{what}: closing the connection");
+                debug!(after = ?(deadline.map(|d| d - now.idle_since)), "{what}: closing the connection");
                 conn.as_mut().graceful_shutdown();
                 closing = Some(Box::pin(tokio::time::sleep(phases.closing)));
             }
@@ -331,13 +425,25 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// What the deadlines need to know of a connection's requests.
-#[derive(Debug, Default, Clone, Copy)]
+/// What the deadlines and the cap need to know of a connection's requests.
+#[derive(Debug, Clone, Copy)]
 struct Activity {
     /// Requests whose answer is not ready yet.
     in_flight: usize,
     /// Requests seen so far.
     requests: u64,
+    /// When the last request in flight ended (or the connection began).
+    idle_since: Instant,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            in_flight: 0,
+            requests: 0,
+            idle_since: Instant::now(),
+        }
+    }
 }
 
 /// The service of one connection, counting its requests in flight.
@@ -352,7 +458,12 @@ struct InFlight(watch::Sender<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_modify(|a| a.in_flight -= 1);
+        self.0.send_modify(|a| {
+            a.in_flight -= 1;
+            if a.in_flight == 0 {
+                a.idle_since = Instant::now();
+            }
+        });
     }
 }
 

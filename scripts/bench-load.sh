@@ -9,9 +9,11 @@
 # from wrk, HTTP/2 load (one connection, N concurrent streams, as the API server multiplexes)
 # from h2load.
 #
-# Usage: scripts/bench-load.sh [--quick] [--rounds N] [--duration SECONDS] [--out DIR]
+# Usage: scripts/bench-load.sh [--quick] [--rounds N] [--duration SECONDS] [--out DIR] [--before BIN]
 #   --quick        one round of 2 s per run, 3 start-ups (about 3 minutes)
 #   default        3 rounds of 5 s per run, 10 start-ups (about 12 minutes)
+#   --before BIN   also serve with BIN (the release binary of an earlier commit) and take it in
+#                  turn with the others, for a before/after comparison on the same load
 # Results: DIR/results.tsv (one line per run), DIR/summary.md; DIR defaults to a new temp dir.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -20,13 +22,15 @@ ROUNDS=3
 DURATION=5
 STARTS=10
 OUT=""
+BEFORE_BIN=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) ROUNDS=1 DURATION=2 STARTS=3 ;;
     --rounds) ROUNDS="$2"; shift ;;
     --duration) DURATION="$2"; shift ;;
     --out) OUT="$2"; shift ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    --before) BEFORE_BIN="$2"; shift ;;
+    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -70,13 +74,16 @@ echo "== results in $WORK"
 "$HELPER" body hello >"$WORK/hello.json"
 "$HELPER" body large >"$WORK/large.json"
 
-# Four local ports from BENCH_PORT_BASE on (admin, ours, ceiling, parse); they must be free.
+# Six local ports from BENCH_PORT_BASE on (admin, ours, ceiling, parse, before and its admin);
+# they must be free.
 BASE="${BENCH_PORT_BASE:-27440}"
 ADMIN_PORT=$BASE
 OURS_PORT=$((BASE + 1))
 CEILING_PORT=$((BASE + 2))
 PARSE_PORT=$((BASE + 3))
-for port in "$ADMIN_PORT" "$OURS_PORT" "$CEILING_PORT" "$PARSE_PORT"; do
+BEFORE_PORT=$((BASE + 4))
+BEFORE_ADMIN_PORT=$((BASE + 5))
+for port in "$ADMIN_PORT" "$OURS_PORT" "$CEILING_PORT" "$PARSE_PORT" "$BEFORE_PORT" "$BEFORE_ADMIN_PORT"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         echo "port $port is in use; set BENCH_PORT_BASE to another range" >&2
         exit 1
@@ -112,6 +119,14 @@ taskset -c "$SERVER_CPU" "$OURS_BIN" serve --addr "127.0.0.1:$OURS_PORT" \
 OURS_PID=$!
 PIDS+=("$OURS_PID")
 wait_https "$OURS_PORT"
+if [ -n "$BEFORE_BIN" ]; then
+    taskset -c "$SERVER_CPU" "$BEFORE_BIN" serve --addr "127.0.0.1:$BEFORE_PORT" \
+        --admin-addr "127.0.0.1:$BEFORE_ADMIN_PORT" --tls-cert-file "$WORK/certs/tls.crt" \
+        --tls-key-file "$WORK/certs/tls.key" >"$WORK/before.log" 2>&1 &
+    BEFORE_PID=$!
+    PIDS+=("$BEFORE_PID")
+    wait_https "$BEFORE_PORT"
+fi
 
 # The ceiling answers with the real server's answer to the same body, and each answer is checked.
 for body in hello large; do
@@ -252,7 +267,9 @@ client() {
 
 # ---- warm-up -----------------------------------------------------------------------------------
 echo "== warm-up"
-for s in "ours $OURS_PORT $OURS_PID" "ceiling $CEILING_PORT $CEILING_PID" "parse $PARSE_PORT $PARSE_PID"; do
+SERVERS=("ours $OURS_PORT $OURS_PID" "ceiling $CEILING_PORT $CEILING_PID" "parse $PARSE_PORT $PARSE_PID")
+[ -n "$BEFORE_BIN" ] && SERVERS+=("before $BEFORE_PORT $BEFORE_PID")
+for s in "${SERVERS[@]}"; do
     read -r name port pid <<<"$s"
     DURATION=2 run h1 large 16 "$name" "$port" "$pid" >/dev/null
 done
@@ -260,15 +277,15 @@ done
 # ---- the matrix --------------------------------------------------------------------------------
 RESULTS="$WORK/results.tsv"
 printf 'proto\tbody\tconc\tround\tserver\trps\tp50_us\tp99_us\terrors\trequests\tcpu_us_per_req\tclient_cpu_pct\n' >"$RESULTS"
-SERVERS=("ours $OURS_PORT $OURS_PID" "ceiling $CEILING_PORT $CEILING_PID" "parse $PARSE_PORT $PARSE_PID")
+N=${#SERVERS[@]}
 echo "== load: $ROUNDS round(s) of ${DURATION}s per run"
 for proto in h1 h2; do
     for body in hello hello-distinct large; do
         [ "$proto" = h2 ] && [ "$body" = hello-distinct ] && continue
         for conc in 1 16 64; do
             for round in $(seq 1 "$ROUNDS"); do
-                for k in 0 1 2; do
-                    read -r name port pid <<<"${SERVERS[$(((round + k - 1) % 3))]}"
+                for k in $(seq 0 $((N - 1))); do
+                    read -r name port pid <<<"${SERVERS[$(((round + k - 1) % N))]}"
                     line=$(run "$proto" "$body" "$conc" "$name" "$port" "$pid")
                     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$proto" "$body" "$conc" "$round" "$name" "$line" >>"$RESULTS"
                     printf '   %-3s %-6s c=%-3s round %s %-8s %s\n' "$proto" "$body" "$conc" "$round" "$name" "$line"
@@ -283,6 +300,7 @@ hwm() { awk '$1 == "VmHWM:" { printf "%.1f MiB", $2 / 1024 }' "/proc/$1/status";
 RSS_OURS=$(hwm "$OURS_PID")
 RSS_CEILING=$(hwm "$CEILING_PID")
 RSS_PARSE=$(hwm "$PARSE_PID")
+[ -n "$BEFORE_BIN" ] && RSS_BEFORE=$(hwm "$BEFORE_PID")
 METRICS=$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics")
 metric() { awk -v m="$1" '$1 ~ "^"m { s += $2 } END { print s + 0 }' <<<"$METRICS"; }
 INJECTED=$(metric sidecar_injection_success_total)
@@ -310,4 +328,23 @@ STARTUP=$("$HELPER" startup "$STARTS" "127.0.0.1:$ADMIN_PORT" -- taskset -c "$SE
     echo "Peak RSS (VmHWM) after all runs: ours $RSS_OURS, ceiling $RSS_CEILING, parse $RSS_PARSE"
     echo "Our counters: $INJECTED injected, $SKIPPED skipped; failures: ${FAILED:-none}"
     echo "Start-up to ready ($STARTS starts): $STARTUP"
+    if [ -n "$BEFORE_BIN" ]; then
+        echo
+        echo "Before ($BEFORE_BIN, peak RSS $RSS_BEFORE) and after (ours), taken in turn; medians over the rounds:"
+        echo
+        echo "| protocol | body | conc. | before req/s | ours req/s | before CPU µs/req | ours CPU µs/req |"
+        echo "| --- | --- | --- | --- | --- | --- | --- |"
+        awk -F'\t' 'NR > 1 && ($5 == "ours" || $5 == "before") {
+                key = $1 "|" $2 "|" $3; if (!(key in seen)) { seen[key] = 1; order[++n] = key }
+                k = key "|" $5; c = ++count[k]; rps[k, c] = $6; cpu[k, c] = $11 }
+            function median(arr, k, m,   i, j, t, v) {
+                for (i = 1; i <= m; i++) v[i] = arr[k, i]
+                for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+                return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2 }
+            END { for (i = 1; i <= n; i++) { key = order[i]; split(key, f, "|")
+                b = key "|before"; o = key "|ours"
+                printf "| %s | %s | %s | %.0f | %.0f | %.1f | %.1f |\n", f[1], f[2], f[3],
+                    median(rps, b, count[b]), median(rps, o, count[o]),
+                    median(cpu, b, count[b]), median(cpu, o, count[o]) } }' "$RESULTS"
+    fi
 } | tee "$WORK/summary.md"

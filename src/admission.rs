@@ -162,20 +162,25 @@ pub struct Head {
     pub node_name: Option<String>,
     /// The first volume whose name starts with `kube-api-access-`.
     pub token_volume: Option<String>,
+    /// Where the uid's text lies in the body (without its quotes), when it is written without
+    /// escapes: what the replica memo masks.
+    pub uid_span: Option<std::ops::Range<usize>>,
 }
 
 impl Head {
     pub fn from_slice(body: &[u8]) -> Option<Head> {
         #[derive(serde::Deserialize)]
-        struct Envelope {
+        struct Envelope<'a> {
             #[serde(rename = "apiVersion")]
             api_version: String,
             kind: String,
-            request: Request,
+            #[serde(borrow)]
+            request: Request<'a>,
         }
         #[derive(serde::Deserialize)]
-        struct Request {
-            uid: String,
+        struct Request<'a> {
+            #[serde(borrow)]
+            uid: &'a serde_json::value::RawValue,
             kind: Kind,
             operation: String,
             namespace: Option<String>,
@@ -228,11 +233,13 @@ impl Head {
         }
         let envelope: Envelope = serde_json::from_str(text).ok()?;
         let request = envelope.request;
+        let raw_uid = request.uid.get();
+        let uid: String = serde_json::from_str(raw_uid).ok()?;
         let plain_pod_create = envelope.kind == "AdmissionReview"
             && request.kind.group.as_deref().unwrap_or_default().is_empty()
             && request.kind.kind == "Pod"
             && request.operation == "CREATE"
-            && !request.uid.is_empty();
+            && !uid.is_empty();
         if !plain_pod_create {
             return None;
         }
@@ -245,9 +252,15 @@ impl Head {
             metadata.as_ref().and_then(|m| m.name.as_deref()),
             metadata.as_ref().and_then(|m| m.generate_name.as_deref()),
         );
+        // The raw text points into `text`; unescaped, it is the uid in quotes.
+        let uid_span = (raw_uid.len() == uid.len() + 2).then(|| {
+            let start = raw_uid.as_ptr() as usize - text.as_ptr() as usize + 1;
+            start..start + uid.len()
+        });
         Some(Head {
             api_version: ApiVersion::parse(&envelope.api_version)?,
-            uid: request.uid,
+            uid,
+            uid_span,
             namespace: non_empty(request.namespace),
             dry_run: request.dry_run.unwrap_or(false),
             display_name,
@@ -371,14 +384,41 @@ pub fn decide(
     review: &Review,
     native_sidecars: bool,
 ) -> Result<Decision, AdmitError> {
+    decide_traced(config, review, native_sidecars).map(|traced| traced.decision)
+}
+
+/// A decision, with what the replica memo (`crate::replicas`) needs to know of how it was made.
+#[derive(Debug, Clone)]
+pub struct Traced {
+    pub decision: Decision,
+    /// A template read or wrote a string holding `kube-api-access-` (the prefix of the
+    /// service-account token volume's name).
+    pub templates_touched_token: bool,
+}
+
+impl Traced {
+    fn plain(decision: Decision) -> Traced {
+        Traced {
+            decision,
+            templates_touched_token: false,
+        }
+    }
+}
+
+/// [`decide`], telling whether a template read or wrote the token volume's name.
+pub fn decide_traced(
+    config: &Config,
+    review: &Review,
+    native_sidecars: bool,
+) -> Result<Traced, AdmitError> {
     if !review.group.is_empty() || review.kind != "Pod" || review.operation != "CREATE" {
-        return Ok(Decision::Pass(Pass::NotPodCreate {
+        return Ok(Traced::plain(Decision::Pass(Pass::NotPodCreate {
             kind: review.kind.clone(),
             operation: review.operation.clone(),
-        }));
+        })));
     }
     let Some(pod) = &review.object else {
-        return Ok(Decision::Pass(Pass::NoObject));
+        return Ok(Traced::plain(Decision::Pass(Pass::NoObject)));
     };
     let request = Request {
         pod,
@@ -386,13 +426,14 @@ pub fn decide(
         workload: None,
         native_sidecars,
     };
-    let run = || -> Result<Decision, InjectError> {
+    let run = || -> Result<Traced, InjectError> {
         Ok(match inject::inject(config, &request)? {
-            Outcome::Skipped(reason) => Decision::Pass(Pass::Skipped(reason)),
-            Outcome::Denied(denial) => Decision::Deny(denial),
+            Outcome::Skipped(reason) => Traced::plain(Decision::Pass(Pass::Skipped(reason))),
+            Outcome::Denied(denial) => Traced::plain(Decision::Deny(denial)),
             Outcome::Injected(injected) => {
+                let templates_touched_token = injected.templates_touched_token;
                 let patch = inject::patch_json(pod, &injected.pod);
-                if patch == b"[]" {
+                let decision = if patch == b"[]" {
                     Decision::Pass(Pass::Unchanged)
                 } else {
                     let mut warnings = injected.warnings;
@@ -405,6 +446,10 @@ pub fn decide(
                         findings: findings.iter().map(|f| f.id).collect(),
                         reinjection: injected.reinjection,
                     }
+                };
+                Traced {
+                    decision,
+                    templates_touched_token,
                 }
             }
         })
@@ -603,6 +648,8 @@ mod tests {
             let node = review.object.as_ref().and_then(|o| o.pointer("/spec/nodeName"));
             assert_eq!(head.api_version, review.api_version);
             assert_eq!(head.uid, review.uid);
+            let span = head.uid_span.clone().expect("these uids are written without escapes");
+            assert_eq!(&body[span], review.uid.as_bytes());
             assert_eq!(head.namespace, review.namespace);
             assert_eq!(head.dry_run, review.dry_run);
             assert_eq!(head.display_name, review.display_name());
@@ -717,6 +764,7 @@ mod tests {
             pod: after.clone(),
             warnings: vec!["w".into()],
             reinjection: false,
+            templates_touched_token: false,
         };
         let patch = inject::patch_json(&before, &injected.pod);
         let decision = Decision::Patch {

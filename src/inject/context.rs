@@ -39,9 +39,24 @@ pub(crate) struct Context {
     /// Names served from the configuration, the same for every pod that gets them.
     fixed: Vec<(&'static str, J)>,
     reads: Arc<Reads>,
+    /// Whether a render read or wrote a string holding the service-account token volume's
+    /// prefix (see `renders`): then the output may depend on the name in ways other than a copy.
+    token_touched: std::sync::atomic::AtomicBool,
 }
 
 impl Context {
+    /// Records that a render read or wrote the token volume's name.
+    pub(crate) fn note_token_touched(&self) {
+        self.token_touched
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether any render so far read or wrote the token volume's name.
+    pub(crate) fn token_touched(&self) -> bool {
+        self.token_touched
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The root value to render templates with; it logs every read into this context.
     pub(crate) fn root(self: &Arc<Self>) -> J {
         J::from_dyn_object(Arc::clone(self))
@@ -229,6 +244,7 @@ pub(crate) fn build(config: &Config, shared: &Arc<Value>, facts: &Facts<'_>) -> 
         facts: Arc::new(Value::Object(derived)),
         fixed,
         reads: Arc::default(),
+        token_touched: std::sync::atomic::AtomicBool::new(false),
     })
 }
 

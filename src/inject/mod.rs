@@ -219,6 +219,7 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
                 .get_or_render(name, &ctx, || render(config, name, &ctx))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let templates_touched_token = ctx.token_touched();
     drop(ctx);
     let mut p =
         std::sync::Arc::try_unwrap(shared).unwrap_or_else(|still_shared| (*still_shared).clone());
@@ -320,6 +321,7 @@ pub fn inject(config: &Config, req: &Request<'_>) -> Result<Outcome, InjectError
         pod: p,
         warnings,
         reinjection: previous.injected,
+        templates_touched_token,
     }))
 }
 

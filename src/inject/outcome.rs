@@ -25,6 +25,9 @@ pub struct Injected {
     /// The pod already carried an injection (`sidecar.istio.io/status`): a reinvocation review,
     /// or a pod created from an injected manifest.
     pub reinjection: bool,
+    /// A template read or wrote a string holding the service-account token volume's prefix
+    /// (`kube-api-access-`): its output may depend on that name (see `crate::replicas`).
+    pub templates_touched_token: bool,
 }
 
 /// Why a pod was not injected. Typed so that metrics, logs and audit annotations agree.

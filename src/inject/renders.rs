@@ -40,6 +40,8 @@ struct Entry {
     /// What each read of the shape saw, in the shape's order.
     seen: Vec<Seen>,
     fragment: Map<String, Value>,
+    /// Whether the render read or wrote the token volume's name (see [`touches_token`]).
+    touches_token: bool,
 }
 
 /// Renders of one template that made the same reads in the same order (pods of one shape:
@@ -87,6 +89,9 @@ impl RenderMemo {
         if let Some(hit) = self.find(name, ctx) {
             #[cfg(debug_assertions)]
             check_reuse(name, ctx, &hit, &render);
+            if hit.touches_token {
+                ctx.note_token_touched();
+            }
             return Ok(hit.fragment.clone());
         }
         // Reads logged before this render (a failed render may leave some) must not count.
@@ -95,8 +100,15 @@ impl RenderMemo {
         self.misses
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let fragment = render()?;
-        if let Some((places, seen)) = ctx.take_reads().and_then(distinct) {
-            self.remember(name, ctx, places, seen, &fragment);
+        let reads = ctx.take_reads();
+        let touches = reads
+            .as_deref()
+            .is_none_or(|reads| touches_token(reads, &fragment));
+        if touches {
+            ctx.note_token_touched();
+        }
+        if let Some((places, seen)) = reads.and_then(distinct) {
+            self.remember(name, ctx, places, seen, &fragment, touches);
         }
         Ok(fragment)
     }
@@ -119,11 +131,13 @@ impl RenderMemo {
         places: Vec<Place>,
         seen: Vec<Seen>,
         fragment: &Map<String, Value>,
+        touches_token: bool,
     ) {
         let hash = fingerprint(&places, &answers(ctx, &places));
         let entry = Arc::new(Entry {
             seen,
             fragment: fragment.clone(),
+            touches_token,
         });
         // A poisoned lock only means another thread panicked while holding it: skip the memo.
         let Ok(mut shapes) = self.shapes.lock() else {
@@ -160,6 +174,29 @@ impl RenderMemo {
             .map(|s| s.iter().map(|s| s.renders.len()).sum())
             .unwrap_or(0)
     }
+}
+
+/// Whether a render read a string or a key holding the service-account token volume's prefix
+/// (`kube-api-access-`), listed the whole context, or wrote such a string or key. A render that
+/// did none of these cannot depend on the token volume's name, nor put it in the pod: what the
+/// replica memo (`crate::replicas`) needs to answer replicas by construction.
+fn touches_token(reads: &[Read], fragment: &Map<String, Value>) -> bool {
+    let holds = |s: &str| s.contains(crate::replicas::TOKEN_VOLUME_PREFIX);
+    let read = reads.iter().any(|r| match &r.seen {
+        Seen::Scalar(Value::String(s)) => holds(s),
+        Seen::Keys(keys) => keys.iter().any(|k| holds(k)),
+        Seen::Unrepeatable => true,
+        _ => false,
+    });
+    fn writes(value: &Value, holds: &dyn Fn(&str) -> bool) -> bool {
+        match value {
+            Value::String(s) => holds(s),
+            Value::Array(items) => items.iter().any(|v| writes(v, holds)),
+            Value::Object(map) => map.iter().any(|(k, v)| holds(k) || writes(v, holds)),
+            _ => false,
+        }
+    }
+    read || fragment.iter().any(|(k, v)| holds(k) || writes(v, &holds))
 }
 
 fn is_listing(seen: &Seen) -> bool {

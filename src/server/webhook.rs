@@ -175,7 +175,7 @@ async fn decide(
         span.record("pod", head.display_name.as_str());
         span.record("dry_run", head.dry_run);
         let native = shared.native_sidecars(&config, head.node_name.as_deref());
-        key = Key::new(&body, &head.uid, head.token_volume.as_deref(), native);
+        key = Key::new(&body, &head, native);
         let full = || match Review::from_slice(&body) {
             Ok(review) => admission::decide(&config, &review, native),
             Err(err) => panic!("a body whose head reads does not read as a review: {err}"),
@@ -228,13 +228,12 @@ fn decide_in_full(
         .and_then(Value::as_str)
         .filter(|node| !node.is_empty());
     let native = shared.native_sidecars(config, node);
-    // The head's key when there was one (the same body, so the same names), else the review's.
-    let key = key
-        .filter(|key| key.native() == native)
-        .or_else(|| Key::of_review(body, &review, native));
-    let decided = shared
-        .replicas
-        .decide(config, key, || admission::decide(config, &review, native));
+    // The head's key when there was one (the same body, so the same names); a body without a
+    // head is not remembered.
+    let key = key.filter(|key| key.native() == native);
+    let decided = shared.replicas.decide(config, key, &review, |review| {
+        admission::decide_traced(config, review, native)
+    });
     Ok((review.api_version, review.uid, decided))
 }
 

@@ -319,6 +319,30 @@ impl ReplicaMemo {
         }
     }
 
+    /// The answer to a request body as the server finds it (`server::webhook`, which also logs
+    /// from the head): the head, a replay for a remembered shape, else the review read whole
+    /// and [`ReplicaMemo::decide`]. `None` when the body is not a review. For tests, fuzzing and
+    /// benchmarks.
+    pub fn answer(
+        &self,
+        config: &Arc<Config>,
+        body: &[u8],
+        native: bool,
+    ) -> Option<Result<Decision, AdmitError>> {
+        let key = Head::from_slice(body).and_then(|head| Key::new(body, &head, native));
+        let full = || {
+            let review = Review::from_slice(body).map_err(|e| AdmitError::Panic(e.to_string()))?;
+            crate::admission::decide(config, &review, native)
+        };
+        if let Some(replayed) = key.as_ref().and_then(|key| self.replay(config, key, full)) {
+            return Some(Ok(replayed));
+        }
+        let review = Review::from_slice(body).ok()?;
+        Some(self.decide(config, key, &review, |r| {
+            crate::admission::decide_traced(config, r, native)
+        }))
+    }
+
     /// Answers replayed so far (also counted in the metric the memo was made with).
     pub fn replayed(&self) -> u64 {
         self.replayed.get()
@@ -558,7 +582,6 @@ fn replace(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission;
     use crate::config::Sources;
     use serde_json::json;
 
@@ -583,19 +606,10 @@ mod tests {
 
     /// The answer through the memo, as the server gets it: the head first, then the review.
     fn answer(memo: &ReplicaMemo, config: &Arc<Config>, body: &[u8]) -> (Vec<u8>, Vec<String>) {
-        let review = Review::from_slice(body).unwrap();
-        let full = || admission::decide(config, &review, false);
-        let key = Head::from_slice(body).and_then(|head| Key::new(body, &head, false));
-        let decision = match key.as_ref().and_then(|key| memo.replay(config, key, full)) {
-            Some(replayed) => Ok(replayed),
-            None => memo.decide(config, key, &review, |r| {
-                admission::decide_traced(config, r, false)
-            }),
-        };
-        match decision {
-            Ok(Decision::Patch {
+        match memo.answer(config, body, false) {
+            Some(Ok(Decision::Patch {
                 patch, warnings, ..
-            }) => (patch, warnings),
+            })) => (patch, warnings),
             other => panic!("{other:?}"),
         }
     }

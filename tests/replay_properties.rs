@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use sidecar_injector::admission::{self, Decision, Head, Review};
+use sidecar_injector::admission::{self, Decision, Review};
 use sidecar_injector::config::{Config, Sources};
-use sidecar_injector::replicas::{Key, ReplicaMemo, TOKEN_ALPHABET};
+use sidecar_injector::replicas::{ReplicaMemo, TOKEN_ALPHABET};
 
 const NAME: &str =
     "(spec.volumes | selectattr('name', 'startingwith', 'kube-api-access-') | first).name";
@@ -55,16 +55,7 @@ fn body(uid: &str, token: &str) -> Vec<u8> {
 
 /// The memo's answer, used as the server uses it (head first).
 fn through_memo(memo: &ReplicaMemo, config: &Arc<Config>, body: &[u8]) -> Option<Value> {
-    let review = Review::from_slice(body).unwrap();
-    let full = || admission::decide(config, &review, false);
-    let key = Head::from_slice(body).and_then(|head| Key::new(body, &head, false));
-    let decision = match key.as_ref().and_then(|key| memo.replay(config, key, full)) {
-        Some(replayed) => Ok(replayed),
-        None => memo.decide(config, key, &review, |r| {
-            admission::decide_traced(config, r, false)
-        }),
-    };
-    comparable(decision.ok()?)
+    comparable(memo.answer(config, body, false)?.ok()?)
 }
 
 fn comparable(decision: Decision) -> Option<Value> {

@@ -17,9 +17,9 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use pods::{Input, pod};
 use serde_json::{Value, json};
-use sidecar_injector::admission::{self, Decision, Head, Review};
+use sidecar_injector::admission::{self, Decision, Review};
 use sidecar_injector::config::{Config, Sources};
-use sidecar_injector::replicas::{Key, ReplicaMemo};
+use sidecar_injector::replicas::ReplicaMemo;
 
 /// What operator templates do with the token volume's name (`NAME`), besides the embedded ones.
 const READINGS: [&str; 6] = [
@@ -129,20 +129,15 @@ fuzz_target!(|input: (Names, Input)| {
                 "operation": "CREATE", "namespace": "default", "object": pod}
         }))
         .expect("a JSON value serializes");
-        // Read whole for the checks below. The memo is used as the server uses it: the head
-        // first, a replay when the shape has an answer, else the review through the memo.
+        // Read whole for the checks below; the memo is used as the server uses it.
         let Ok(review) = Review::from_slice(&body) else {
             return;
         };
         let native = input.native;
         let full = || admission::decide(&config, &review, native);
-        let key = Head::from_slice(&body).and_then(|head| Key::new(&body, &head, native));
-        let decision = match key.as_ref().and_then(|key| memo.replay(&config, key, full)) {
-            Some(replayed) => Ok(replayed),
-            None => memo.decide(&config, key, &review, |r| {
-                admission::decide_traced(&config, r, native)
-            }),
-        };
+        let decision = memo
+            .answer(&config, &body, native)
+            .expect("a body that reads as a review");
         // Every answer is its own review's full answer, whatever the template does.
         let fresh = full();
         match (&decision, &fresh) {

@@ -18,13 +18,19 @@ const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, path, mode, n, ..] = args.as_slice() else {
-        eprintln!("usage: replica_path BODY.json replicas|distinct N");
-        std::process::exit(2);
-    };
-    let Ok(template) = std::fs::read_to_string(path) else {
-        eprintln!("cannot read {path}");
-        std::process::exit(2);
+    let (template, mode, n) = match args.as_slice() {
+        [_, path, mode, n] => match std::fs::read_to_string(path) {
+            Ok(template) => (template, mode.as_str(), n.as_str()),
+            Err(err) => {
+                eprintln!("cannot read {path}: {err}");
+                std::process::exit(2);
+            }
+        },
+        // `cargo test --all-targets` runs benches without arguments: check a few replicas.
+        _ => {
+            println!("usage: replica_path BODY.json replicas|distinct N; checking 3 replicas");
+            (SELF_CHECK.to_owned(), "replicas", "3")
+        }
     };
     let n: usize = n.parse().unwrap_or(0);
     let bodies: Vec<Vec<u8>> = (0..n)
@@ -58,7 +64,14 @@ fn main() {
         }
     }
     println!("{injected} of {n} injected, {} replayed", memo.replayed());
+    if injected != n || memo.replayed() + 1 != n as u64 {
+        eprintln!("every review should be injected, and all but the first replayed");
+        std::process::exit(1);
+    }
 }
+
+/// A small review of the form `scripts/bench-load.sh` sends.
+const SELF_CHECK: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"705ab4f5-6393-11e8-b7cc-42010a800002","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE","namespace":"default","object":{"metadata":{"generateName":"hello-7d9c8b6f5-","labels":{"app":"hello"}},"spec":{"containers":[{"name":"hello","image":"hello","volumeMounts":[{"name":"kube-api-access-x7k2p","mountPath":"/var/run/secrets/kubernetes.io/serviceaccount"}]}],"volumes":[{"name":"kube-api-access-x7k2p","projected":{"sources":[{"serviceAccountToken":{"path":"token"}}]}}]}}}}"#;
 
 /// As `server::webhook::decide`: the head, a replay, else the review through the memo.
 fn answer(memo: &ReplicaMemo, config: &Arc<Config>, body: &[u8]) -> Decision {

@@ -18,9 +18,9 @@ const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (template, mode, n) = match args.as_slice() {
+    let (template, mode, n, check) = match args.as_slice() {
         [_, path, mode, n] => match std::fs::read_to_string(path) {
-            Ok(template) => (template, mode.as_str(), n.as_str()),
+            Ok(template) => (template, mode.as_str(), n.as_str(), false),
             Err(err) => {
                 eprintln!("cannot read {path}: {err}");
                 std::process::exit(2);
@@ -29,7 +29,7 @@ fn main() {
         // `cargo test --all-targets` runs benches without arguments: check a few replicas.
         _ => {
             println!("usage: replica_path BODY.json replicas|distinct N; checking 3 replicas");
-            (SELF_CHECK.to_owned(), "replicas", "3")
+            (SELF_CHECK.to_owned(), "replicas", "3", true)
         }
     };
     let n: usize = n.parse().unwrap_or(0);
@@ -64,7 +64,7 @@ fn main() {
         }
     }
     println!("{injected} of {n} injected, {} replayed", memo.replayed());
-    if injected != n || memo.replayed() + 1 != n as u64 {
+    if check && (injected != n || memo.replayed() + 1 != n as u64) {
         eprintln!("every review should be injected, and all but the first replayed");
         std::process::exit(1);
     }

@@ -664,7 +664,7 @@ mod tests {
     fn with_template(reading: &str) -> Arc<Config> {
         let mut sources = Sources::embedded();
         sources.config = format!(
-            "templates:\n  t: |\n    metadata:\n      annotations:\n        read: {{{{ {reading} }}}}\n    spec:\n      containers:\n      - name: istio-proxy\n        image: proxy\ndefaultTemplates: [t]\npolicy: enabled\n"
+            "templates:\n  t: |\n    metadata:\n      annotations:\n        read: {{{{ ({reading}) | string }}}}\n    spec:\n      containers:\n      - name: istio-proxy\n        image: proxy\ndefaultTemplates: [t]\npolicy: enabled\n"
         );
         Arc::new(Config::from_sources(&sources).unwrap())
     }

@@ -144,7 +144,7 @@ pub struct ServeArgs {
     pub engine_workers: Option<u64>,
 
     /// Reviews waiting for an engine worker at most; one more is answered 503 at once
-    /// (default: 32 per worker).
+    /// (default: 1024).
     #[arg(long, env = "SIDECAR_INJECTOR_ENGINE_QUEUE")]
     pub engine_queue: Option<u64>,
 
@@ -216,8 +216,6 @@ impl ServeArgs {
         let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         if let Some(workers) = self.engine_workers {
             settings.engine.workers = size(workers);
-            settings.engine.queue =
-                size(workers).saturating_mul(server::engine_pool::DEFAULT_QUEUE_PER_WORKER);
         }
         if let Some(queue) = self.engine_queue {
             settings.engine.queue = size(queue);

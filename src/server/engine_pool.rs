@@ -21,8 +21,11 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-/// Reviews waiting for a worker at most, by default, per worker.
-pub const DEFAULT_QUEUE_PER_WORKER: usize = 32;
+/// Reviews waiting for a worker at most, by default. A waiting review holds only its body, which
+/// the body budget bounds; what the queue is for is a quick refusal when the wait would run past
+/// the deadline, and 1,024 reviews are about a second of work for one worker. A queue of 32 per
+/// worker refused the bursts a ReplicaSet scale-up sends (64 reviews at once on a one-core pod).
+pub const DEFAULT_QUEUE: usize = 1024;
 
 /// The default deadline: below the 10 s `timeoutSeconds` of the webhook configuration, with
 /// room for the answer to travel.
@@ -45,7 +48,7 @@ impl Default for EngineLimits {
         let workers = std::thread::available_parallelism().map_or(2, usize::from);
         EngineLimits {
             workers,
-            queue: workers * DEFAULT_QUEUE_PER_WORKER,
+            queue: DEFAULT_QUEUE,
             deadline: DEFAULT_DEADLINE,
         }
     }

@@ -112,20 +112,21 @@ wait_https() { # port: until the port answers a TLS handshake
 
 # ---- servers -----------------------------------------------------------------------------------
 echo "== starting the servers on core $SERVER_CPU"
+# serve_injector NAME BIN PORT ADMIN_PORT: an injector build on the server core, until it answers.
 # Log at the default level (one line per review) to a file, as a container's log would.
-taskset -c "$SERVER_CPU" "$OURS_BIN" serve --addr "127.0.0.1:$OURS_PORT" \
-    --admin-addr "127.0.0.1:$ADMIN_PORT" --tls-cert-file "$WORK/certs/tls.crt" \
-    --tls-key-file "$WORK/certs/tls.key" >"$WORK/ours.log" 2>&1 &
-OURS_PID=$!
-PIDS+=("$OURS_PID")
-wait_https "$OURS_PORT"
+serve_injector() {
+    taskset -c "$SERVER_CPU" "$2" serve --addr "127.0.0.1:$3" --admin-addr "127.0.0.1:$4" \
+        --tls-cert-file "$WORK/certs/tls.crt" --tls-key-file "$WORK/certs/tls.key" \
+        >"$WORK/$1.log" 2>&1 &
+    SERVED_PID=$!
+    PIDS+=("$SERVED_PID")
+    wait_https "$3"
+}
+serve_injector ours "$OURS_BIN" "$OURS_PORT" "$ADMIN_PORT"
+OURS_PID=$SERVED_PID
 if [ -n "$BEFORE_BIN" ]; then
-    taskset -c "$SERVER_CPU" "$BEFORE_BIN" serve --addr "127.0.0.1:$BEFORE_PORT" \
-        --admin-addr "127.0.0.1:$BEFORE_ADMIN_PORT" --tls-cert-file "$WORK/certs/tls.crt" \
-        --tls-key-file "$WORK/certs/tls.key" >"$WORK/before.log" 2>&1 &
-    BEFORE_PID=$!
-    PIDS+=("$BEFORE_PID")
-    wait_https "$BEFORE_PORT"
+    serve_injector before "$BEFORE_BIN" "$BEFORE_PORT" "$BEFORE_ADMIN_PORT"
+    BEFORE_PID=$SERVED_PID
 fi
 
 # The ceiling answers with the real server's answer to the same body, and each answer is checked.
